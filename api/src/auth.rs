@@ -1,0 +1,396 @@
+//! Authentication: argon2id password hashes, HS256 access tokens, opaque refresh tokens,
+//! and the [`Caller`] extractor that every protected handler takes.
+
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use berth_core::config::AuthConfig;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ValidJson;
+
+/// Issuer and audience of berth's tokens.
+const ISSUER: &str = "berth";
+
+/// Signing keys and token lifetimes.
+pub struct AuthKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// A real argon2id hash of a random password, verified when the user does not exist so
+    /// that response time does not reveal which usernames exist.
+    dummy_hash: String,
+}
+
+impl AuthKeys {
+    /// Fails only for a secret the signer refuses (the config loader already requires 16+
+    /// characters).
+    pub fn new(config: &AuthConfig) -> Result<AuthKeys, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+        validation.leeway = 5;
+        let mut random = [0u8; 16];
+        rand::fill(&mut random);
+        Ok(AuthKeys {
+            encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes())?,
+            decoding: DecodingKey::from_secret(config.jwt_secret.as_bytes())?,
+            validation,
+            access_ttl: config.access_token_ttl,
+            refresh_ttl: config.refresh_token_ttl,
+            dummy_hash: hash_password(&hex(&random)).expect("argon2 hashing a fixed-size input"),
+        })
+    }
+
+    pub fn issue(&self, user: &UserRow) -> Result<String, ApiError> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.id,
+            tid: user.tenant_id,
+            tenant: user.tenant_name.clone(),
+            role: user.role.clone(),
+            iat: now,
+            exp: now + self.access_ttl.as_secs() as i64,
+            iss: ISSUER.into(),
+            jti: Uuid::new_v4(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("signing token: {e}")))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                ApiError::Unauthorized(
+                    match e.kind() {
+                        ErrorKind::ExpiredSignature => "token expired",
+                        ErrorKind::InvalidSignature => "token signature invalid",
+                        _ => "token malformed",
+                    }
+                    .into(),
+                )
+            })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An argon2id PHC string with a random salt and the crate's default (OWASP) parameters.
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("hashing password: {e}")))
+}
+
+/// Constant-work check of a password against a PHC string; a malformed hash never matches.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub tid: Uuid,
+    pub tenant: String,
+    pub role: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub jti: Uuid,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub tenant_id: Uuid,
+    pub tenant: String,
+    pub role: String,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization header".into()))?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("Authorization header is not text".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("expected 'Authorization: Bearer <token>'".into())
+            })?;
+        let c = state.auth.verify(token)?;
+        Ok(Caller {
+            user_id: c.sub,
+            tenant_id: c.tid,
+            tenant: c.tenant,
+            role: c.role,
+        })
+    }
+}
+
+/// A user joined with its tenant, as login needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub tenant_name: String,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub full_name: Option<String>,
+    pub role: String,
+    pub status: String,
+    pub tenant_status: String,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// The seed's User schema.
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub full_name: Option<String>,
+    pub role: String,
+    pub status: String,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl From<&UserRow> for UserView {
+    fn from(u: &UserRow) -> Self {
+        UserView {
+            id: u.id,
+            tenant_id: u.tenant_id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            full_name: u.full_name.clone(),
+            role: u.role.clone(),
+            status: u.status.clone(),
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub tenant_name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub user: UserView,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/auth/login", post(login))
+}
+
+/// Candidates checked when a username exists in several tenants and no tenant is named: the
+/// password picks the account, and a bound keeps the work per request bounded.
+const MAX_LOGIN_CANDIDATES: i64 = 8;
+const MAX_CREDENTIAL_LEN: usize = 1024;
+
+async fn login(
+    State(s): State<AppState>,
+    ValidJson(req): ValidJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let mut bad = Vec::new();
+    if req.username.is_empty() {
+        bad.push(FieldError::new("username", "must not be empty"));
+    }
+    if req.password.is_empty() {
+        bad.push(FieldError::new("password", "must not be empty"));
+    }
+    if req.username.len() > MAX_CREDENTIAL_LEN || req.password.len() > MAX_CREDENTIAL_LEN {
+        bad.push(FieldError::new(
+            "password",
+            format!("username and password must be at most {MAX_CREDENTIAL_LEN} bytes"),
+        ));
+    }
+    if !bad.is_empty() {
+        return Err(ApiError::invalid(bad));
+    }
+    let candidates: Vec<UserRow> = sqlx::query_as(
+        "select u.id, u.tenant_id, t.name as tenant_name, u.username, u.email, u.password_hash, u.full_name,
+                u.role, u.status, t.status as tenant_status, u.created_at
+         from users u join tenants t on t.id = u.tenant_id
+         where u.username = $1 and ($2::text is null or t.name = $2)
+         order by u.created_at
+         limit $3",
+    )
+    .bind(&req.username)
+    .bind(&req.tenant_name)
+    .bind(MAX_LOGIN_CANDIDATES)
+    .fetch_all(&s.pool)
+    .await?;
+
+    let dummy = s.auth.dummy_hash.clone();
+    let password = req.password;
+    let hashes: Vec<String> = candidates.iter().map(|u| u.password_hash.clone()).collect();
+    // argon2 is deliberately slow: keep it off the async workers.
+    let matched = tokio::task::spawn_blocking(move || {
+        if hashes.is_empty() {
+            verify_password(&password, &dummy);
+            return None;
+        }
+        hashes.iter().position(|h| verify_password(&password, h))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("password check: {e}")))?;
+
+    let user = matched
+        .map(|i| &candidates[i])
+        .filter(|u| u.status == "active" && u.tenant_status == "active")
+        .ok_or_else(|| ApiError::Unauthorized("invalid username or password".into()))?;
+
+    let access_token = s.auth.issue(user)?;
+    let refresh_token = new_refresh_token();
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(s.auth.refresh_ttl).unwrap_or(chrono::Duration::days(30));
+    let mut tx = s.pool.begin().await?;
+    sqlx::query("insert into refresh_tokens (user_id, family_id, token_hash, expires_at) values ($1, $2, $3, $4)")
+        .bind(user.id)
+        .bind(Uuid::new_v4())
+        .bind(refresh_token_hash(&refresh_token))
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("update users set last_login_at = now() where id = $1")
+        .bind(user.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(user = %user.id, tenant = %user.tenant_name, "login");
+    Ok(Json(LoginResponse {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: s.auth.access_ttl.as_secs(),
+        user: user.into(),
+    }))
+}
+
+/// 32 random bytes, base64url: opaque to clients, stored only as a hash.
+fn new_refresh_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn refresh_token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_against_their_own_hash() {
+        let h = hash_password("s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("s3cret", &h));
+        assert!(!verify_password("S3cret", &h));
+        assert!(!verify_password("s3cret", "not a hash"));
+    }
+
+    fn user() -> UserRow {
+        UserRow {
+            id: Uuid::new_v4(),
+            tenant_id: Uuid::new_v4(),
+            tenant_name: "demo".into(),
+            username: "u".into(),
+            email: "u@x".into(),
+            password_hash: String::new(),
+            full_name: None,
+            role: "user".into(),
+            status: "active".into(),
+            tenant_status: "active".into(),
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_forgeries_fail() {
+        let keys = AuthKeys::new(&AuthConfig::default()).unwrap();
+        let u = user();
+        let t = keys.issue(&u).unwrap();
+        let c = keys.verify(&t).unwrap();
+        assert_eq!((c.sub, c.tid, c.role.as_str()), (u.id, u.tenant_id, "user"));
+
+        let other = AuthKeys::new(&AuthConfig {
+            jwt_secret: "another-secret-of-16+".into(),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert!(
+            matches!(other.verify(&t), Err(ApiError::Unauthorized(m)) if m == "token signature invalid")
+        );
+        assert!(keys.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let keys = AuthKeys::new(&AuthConfig::default()).unwrap();
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: Uuid::nil(),
+            tid: Uuid::nil(),
+            tenant: "t".into(),
+            role: "user".into(),
+            iat: now - 7200,
+            exp: now - 3600,
+            iss: ISSUER.into(),
+            jti: Uuid::nil(),
+        };
+        let t =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        assert!(matches!(keys.verify(&t), Err(ApiError::Unauthorized(m)) if m == "token expired"));
+    }
+}

@@ -1,0 +1,126 @@
+//! The API's one error type. Every failure a handler can meet maps to a status and a
+//! `{"error": ..., "details": ...}` body (the seed's shape). Internal errors are logged with
+//! the request's span and answered without internals.
+
+use std::any::Any;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a field is invalid: 400, naming every bad field.
+    #[error("invalid request: {error}")]
+    BadRequest {
+        error: String,
+        fields: Vec<FieldError>,
+    },
+    /// Missing, malformed, expired or forged credentials: 401.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden")]
+    Forbidden,
+    /// Absent, or another tenant's (which must look the same): 404.
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A dependency is down: 503, so clients retry.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("queue error")]
+    Queue(#[from] berth_queue::QueueError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::invalid(vec![FieldError::new(field, message)])
+    }
+
+    pub fn invalid(fields: Vec<FieldError>) -> ApiError {
+        ApiError::BadRequest {
+            error: "Invalid request body".into(),
+            fields,
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            ApiError::BadRequest { error, fields } => {
+                let details = fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                json!({ "error": error, "details": details, "fields": fields })
+            }
+            ApiError::Unauthorized(why) => {
+                json!({ "error": "Unauthorized access", "details": why })
+            }
+            ApiError::Forbidden => json!({ "error": "Insufficient permissions" }),
+            ApiError::NotFound(what) => json!({ "error": what }),
+            ApiError::MethodNotAllowed => json!({ "error": "Method not allowed" }),
+            ApiError::Unavailable(why) => json!({ "error": "Service unavailable", "details": why }),
+            ApiError::Database(sqlx::Error::PoolTimedOut) => {
+                json!({ "error": "Service unavailable", "details": "database busy, retry later" })
+            }
+            ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => {
+                json!({ "error": "Internal server error" })
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
+        }
+        (status, Json(self.body())).into_response()
+    }
+}
+
+/// A handler panicked: answer 500 without internals (the panic is logged by the hook).
+pub fn panic_response(_err: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal("panic".into()).into_response()
+}

@@ -1,0 +1,89 @@
+//! berth's REST API (DESIGN.md §8): axum routers over PostgreSQL and the Redis queue.
+//!
+//! - [`error`]: [`ApiError`], the one HTTP error type: status codes and `{error, details}`.
+//! - [`extract`]: [`extract::ValidJson`], JSON bodies whose errors name the field.
+//! - [`auth`]: passwords (argon2id), JWTs, the [`auth::Caller`] extractor, `POST /v1/auth/login`.
+//! - [`tasks`]: `POST /v1/tasks`, `GET /v1/tasks`, `GET /v1/tasks/{id}`.
+//! - [`health`]: `/healthz`, `/readyz`.
+//! - [`bootstrap`]: the platform admin (every start) and the dev accounts (`berth dev`).
+//!
+//! Start at [`router`]; [`serve`] runs it on a listener until shutdown.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use berth_core::config::Config;
+use berth_queue::Queue;
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub queue: Queue,
+    pub auth: Arc<auth::AuthKeys>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn new(
+        pool: PgPool,
+        queue: Queue,
+        config: Config,
+    ) -> Result<AppState, jsonwebtoken::errors::Error> {
+        let auth = Arc::new(auth::AuthKeys::new(&config.auth)?);
+        Ok(AppState {
+            pool,
+            queue,
+            auth,
+            config: Arc::new(config),
+        })
+    }
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.api.body_limit_bytes;
+    Router::new()
+        .merge(health::router())
+        .nest("/v1", auth::router().merge(tasks::router()))
+        .fallback(|| async { ApiError::NotFound("Resource not found".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

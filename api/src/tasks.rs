@@ -1,0 +1,654 @@
+//! Tasks: admission, reading, listing.
+//!
+//! Admission validates every field, inserts the task (and its volume mounts) in one
+//! transaction, and only then enqueues it in Redis. If the enqueue fails the task is still
+//! admitted: PostgreSQL is the system of record, and the reconciler enqueues pending tasks
+//! that Redis does not know.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use berth_core::{
+    Resources, SchedulingSpec, TaskStatus, Toleration, TolerationOperator, quantity, sim, validate,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ValidJson;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tasks", get(list).post(create))
+        .route("/tasks/{id}", get(get_one))
+}
+
+/// Retries of a failed attempt when the request names none (the seed's default).
+pub const DEFAULT_MAX_RETRIES: i64 = 3;
+/// Most retries a task may ask for: beyond this a failing task only burns capacity.
+pub const MAX_RETRIES: i64 = 20;
+const MAX_DESCRIPTION: usize = 1000;
+const MAX_LIST_ITEMS: usize = 256;
+const MAX_ITEM_BYTES: usize = 4096;
+const MAX_MAP_ENTRIES: usize = 64;
+const MAX_ENV: usize = 256;
+const MAX_ENV_VALUE: usize = 32 * 1024;
+const MAX_GPU: i64 = 1024;
+const MAX_VOLUMES: usize = 32;
+const MAX_MOUNT_PATH: usize = 512;
+const MAX_PAGE: i64 = 1_000_000;
+
+/// A quantity as a string (`"500m"`) or a bare number (`2`), as Kubernetes accepts both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum QuantityInput {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl QuantityInput {
+    fn text(&self) -> String {
+        match self {
+            QuantityInput::Text(s) => s.clone(),
+            QuantityInput::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// The seed's ResourceRequirements.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequirements {
+    #[serde(default)]
+    pub cpu: Option<QuantityInput>,
+    #[serde(default)]
+    pub memory: Option<QuantityInput>,
+    #[serde(default)]
+    pub gpu: Option<i64>,
+}
+
+/// The seed's VolumeMount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: Option<bool>,
+}
+
+/// The seed's CreateTaskRequest, plus `max_retry_count`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTaskRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub image: String,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    pub resource_requests: ResourceRequirements,
+    #[serde(default)]
+    pub resource_limits: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub volumes: Option<Vec<VolumeMount>>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub max_retry_count: Option<i64>,
+}
+
+/// A request that passed validation: parsed amounts, canonical stored forms.
+#[derive(Debug, Clone)]
+pub struct ValidTask {
+    pub req: CreateTaskRequest,
+    pub requests: Resources,
+    pub requests_json: Value,
+    pub limits_json: Value,
+    pub priority: i32,
+    pub max_retry_count: i32,
+}
+
+fn check_requirements(
+    path: &str,
+    r: &ResourceRequirements,
+    errs: &mut Vec<FieldError>,
+) -> (Resources, Value) {
+    let mut out = Resources::ZERO;
+    let mut stored = serde_json::Map::new();
+    if let Some(q) = &r.cpu {
+        let text = q.text();
+        match quantity::parse_cpu_millis(&text) {
+            Ok(v) => out.cpu_millis = v,
+            Err(e) => errs.push(FieldError::new(format!("{path}.cpu"), e.to_string())),
+        }
+        stored.insert("cpu".into(), Value::String(text));
+    }
+    if let Some(q) = &r.memory {
+        let text = q.text();
+        match quantity::parse_bytes(&text) {
+            Ok(v) => out.memory_bytes = v,
+            Err(e) => errs.push(FieldError::new(format!("{path}.memory"), e.to_string())),
+        }
+        stored.insert("memory".into(), Value::String(text));
+    }
+    let gpu = r.gpu.unwrap_or(0);
+    if !(0..=MAX_GPU).contains(&gpu) {
+        errs.push(FieldError::new(
+            format!("{path}.gpu"),
+            format!("must be between 0 and {MAX_GPU}"),
+        ));
+    } else {
+        out.gpu = gpu as u64;
+    }
+    stored.insert("gpu".into(), json!(gpu.clamp(0, MAX_GPU)));
+    (out, Value::Object(stored))
+}
+
+fn check_map(path: &str, m: &BTreeMap<String, String>, errs: &mut Vec<FieldError>) {
+    if m.len() > MAX_MAP_ENTRIES {
+        errs.push(FieldError::new(
+            path,
+            format!("must have at most {MAX_MAP_ENTRIES} entries"),
+        ));
+    }
+    for (k, v) in m {
+        if let Err(e) = validate::label_key(k) {
+            errs.push(FieldError::new(format!("{path}.{k}"), format!("key {e}")));
+        }
+        if let Err(e) = validate::label_value(v) {
+            errs.push(FieldError::new(format!("{path}.{k}"), format!("value {e}")));
+        }
+    }
+}
+
+fn check_strings(path: &str, v: &[String], errs: &mut Vec<FieldError>) {
+    if v.len() > MAX_LIST_ITEMS {
+        errs.push(FieldError::new(
+            path,
+            format!("must have at most {MAX_LIST_ITEMS} items"),
+        ));
+    }
+    for (i, s) in v.iter().enumerate() {
+        if s.len() > MAX_ITEM_BYTES {
+            errs.push(FieldError::new(
+                format!("{path}[{i}]"),
+                format!("must be at most {MAX_ITEM_BYTES} bytes"),
+            ));
+        }
+        if s.contains('\0') {
+            errs.push(FieldError::new(
+                format!("{path}[{i}]"),
+                "must not contain NUL",
+            ));
+        }
+    }
+}
+
+/// Validates every field; all problems are reported at once.
+pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
+    let mut errs = Vec::new();
+    if let Err(e) = validate::dns_subdomain(&req.name) {
+        errs.push(FieldError::new("name", e));
+    }
+    if req
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION || d.contains('\0'))
+    {
+        errs.push(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} characters, without NUL"),
+        ));
+    }
+    if let Err(e) = validate::image_reference(&req.image) {
+        errs.push(FieldError::new("image", e));
+    }
+    check_strings(
+        "command",
+        req.command.as_deref().unwrap_or_default(),
+        &mut errs,
+    );
+    check_strings("args", req.args.as_deref().unwrap_or_default(), &mut errs);
+    if let Some(env) = &req.env_vars {
+        if env.len() > MAX_ENV {
+            errs.push(FieldError::new(
+                "env_vars",
+                format!("must have at most {MAX_ENV} entries"),
+            ));
+        }
+        for (k, v) in env {
+            if let Err(e) = validate::env_var_name(k) {
+                errs.push(FieldError::new(
+                    format!("env_vars.{k}"),
+                    format!("name {e}"),
+                ));
+            }
+            if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+                errs.push(FieldError::new(
+                    format!("env_vars.{k}"),
+                    format!("value must be at most {MAX_ENV_VALUE} bytes, without NUL"),
+                ));
+            }
+        }
+    }
+    let (requests, requests_json) =
+        check_requirements("resource_requests", &req.resource_requests, &mut errs);
+    let (limits, limits_json) = match &req.resource_limits {
+        Some(l) => check_requirements("resource_limits", l, &mut errs),
+        None => (Resources::ZERO, json!({})),
+    };
+    if let Some(l) = &req.resource_limits {
+        // Kubernetes requires limit ≥ request for each resource that has both.
+        if l.cpu.is_some()
+            && req.resource_requests.cpu.is_some()
+            && limits.cpu_millis < requests.cpu_millis
+        {
+            errs.push(FieldError::new(
+                "resource_limits.cpu",
+                "must not be less than resource_requests.cpu",
+            ));
+        }
+        if l.memory.is_some()
+            && req.resource_requests.memory.is_some()
+            && limits.memory_bytes < requests.memory_bytes
+        {
+            errs.push(FieldError::new(
+                "resource_limits.memory",
+                "must not be less than resource_requests.memory",
+            ));
+        }
+        if l.gpu.is_some() && limits.gpu != requests.gpu {
+            errs.push(FieldError::new(
+                "resource_limits.gpu",
+                "must equal resource_requests.gpu (GPUs cannot be overcommitted)",
+            ));
+        }
+    }
+    if let Some(labels) = &req.labels {
+        check_map("labels", labels, &mut errs);
+        if let Some(v) = labels.get(sim::DURATION_LABEL)
+            && let Err(e) = sim::parse_duration(v)
+        {
+            errs.push(FieldError::new(
+                format!("labels.{}", sim::DURATION_LABEL),
+                e,
+            ));
+        }
+        if let Some(v) = labels.get(sim::EXIT_CODE_LABEL)
+            && let Err(e) = sim::parse_exit_code(v)
+        {
+            errs.push(FieldError::new(
+                format!("labels.{}", sim::EXIT_CODE_LABEL),
+                e,
+            ));
+        }
+    }
+    if let Some(sel) = &req.node_selector {
+        check_map("node_selector", sel, &mut errs);
+    }
+    if let Some(tols) = &req.tolerations {
+        if tols.len() > MAX_MAP_ENTRIES {
+            errs.push(FieldError::new(
+                "tolerations",
+                format!("must have at most {MAX_MAP_ENTRIES} items"),
+            ));
+        }
+        for (i, t) in tols.iter().enumerate() {
+            if !t.key.is_empty()
+                && let Err(e) = validate::label_key(&t.key)
+            {
+                errs.push(FieldError::new(format!("tolerations[{i}].key"), e));
+            }
+            match t.operator {
+                TolerationOperator::Exists if !t.value.is_empty() => {
+                    errs.push(FieldError::new(
+                        format!("tolerations[{i}].value"),
+                        "must be empty when operator is Exists",
+                    ));
+                }
+                TolerationOperator::Equal if t.key.is_empty() => {
+                    errs.push(FieldError::new(
+                        format!("tolerations[{i}].key"),
+                        "must be set when operator is Equal",
+                    ));
+                }
+                TolerationOperator::Equal => {
+                    if let Err(e) = validate::label_value(&t.value) {
+                        errs.push(FieldError::new(format!("tolerations[{i}].value"), e));
+                    }
+                }
+                TolerationOperator::Exists => {}
+            }
+        }
+    }
+    let priority = req.priority.unwrap_or(0);
+    if !(0..=100).contains(&priority) {
+        errs.push(FieldError::new("priority", "must be between 0 and 100"));
+    }
+    let max_retry_count = req.max_retry_count.unwrap_or(DEFAULT_MAX_RETRIES);
+    if !(0..=MAX_RETRIES).contains(&max_retry_count) {
+        errs.push(FieldError::new(
+            "max_retry_count",
+            format!("must be between 0 and {MAX_RETRIES}"),
+        ));
+    }
+    if let Some(vols) = &req.volumes {
+        if vols.len() > MAX_VOLUMES {
+            errs.push(FieldError::new(
+                "volumes",
+                format!("must have at most {MAX_VOLUMES} items"),
+            ));
+        }
+        let (mut names, mut paths) = (BTreeSet::new(), BTreeSet::new());
+        for (i, v) in vols.iter().enumerate() {
+            if let Err(e) = validate::dns_subdomain(&v.name) {
+                errs.push(FieldError::new(format!("volumes[{i}].name"), e));
+            } else if !names.insert(v.name.as_str()) {
+                errs.push(FieldError::new(
+                    format!("volumes[{i}].name"),
+                    "is mounted twice",
+                ));
+            }
+            let p = &v.mount_path;
+            let ok = p.starts_with('/')
+                && p.len() <= MAX_MOUNT_PATH
+                && !p.split('/').any(|c| c == "..")
+                && !p.contains(['\0', ':']);
+            if !ok {
+                errs.push(FieldError::new(
+                    format!("volumes[{i}].mount_path"),
+                    format!("must be an absolute path of at most {MAX_MOUNT_PATH} characters without '..' or ':'"),
+                ));
+            } else if !paths.insert(p.trim_end_matches('/')) {
+                errs.push(FieldError::new(
+                    format!("volumes[{i}].mount_path"),
+                    "is used twice",
+                ));
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(errs));
+    }
+    Ok(ValidTask {
+        req,
+        requests,
+        requests_json,
+        limits_json,
+        priority: priority as i32,
+        max_retry_count: max_retry_count as i32,
+    })
+}
+
+/// The seed's Task schema, plus `node_selector`, `tolerations`, `node_name`, `not_before`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Task {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env_vars: Option<Value>,
+    pub resource_requests: Value,
+    pub resource_limits: Value,
+    pub volumes: Option<Value>,
+    pub labels: Option<Value>,
+    pub status: String,
+    pub k8s_job_name: Option<String>,
+    pub k8s_namespace: Option<String>,
+    pub node_selector: Option<Value>,
+    pub tolerations: Option<Value>,
+    pub priority: Option<i32>,
+    pub max_retry_count: Option<i32>,
+    pub current_retry_count: Option<i32>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub error_message: Option<String>,
+    pub node_name: Option<String>,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+const TASK_COLUMNS: &str = "id, tenant_id, user_id, name, description, image, command, args, env_vars, resource_requests,
+    resource_limits, volumes, labels, status, k8s_job_name, k8s_namespace, node_selector, tolerations, priority,
+    max_retry_count, current_retry_count, created_at, updated_at, started_at, completed_at, error_message,
+    node_name, not_before";
+
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<CreateTaskRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let v = validate_task(req)?;
+    let id = Uuid::now_v7();
+    let mounts = v.req.volumes.clone().unwrap_or_default();
+    let mut tx = s.pool.begin().await?;
+    // Each mounted volume must be the caller's tenant's; another tenant's looks missing.
+    let mut volume_ids = Vec::with_capacity(mounts.len());
+    let mut missing = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let found: Option<(Uuid,)> =
+            sqlx::query_as("select id from volumes where tenant_id = $1 and name = $2")
+                .bind(caller.tenant_id)
+                .bind(&m.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match found {
+            Some((vid,)) => volume_ids.push(vid),
+            None => missing.push(FieldError::new(
+                format!("volumes[{i}].name"),
+                format!("volume {:?} not found", m.name),
+            )),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ApiError::invalid(missing));
+    }
+    let volumes_json = json!(mounts
+        .iter()
+        .map(|m| json!({ "name": m.name, "mount_path": m.mount_path, "read_only": m.read_only.unwrap_or(false) }))
+        .collect::<Vec<_>>());
+    let r = &v.req;
+    let task: Task = sqlx::query_as(AssertSqlSafe(format!(
+        "insert into tasks (id, tenant_id, user_id, name, description, image, command, args, env_vars,
+            resource_requests, resource_limits, volumes, labels, node_selector, tolerations, priority,
+            max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, 'pending', $18, $19)
+         returning {TASK_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(caller.tenant_id)
+    .bind(caller.user_id)
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.image)
+    .bind(r.command.clone().unwrap_or_default())
+    .bind(r.args.clone().unwrap_or_default())
+    .bind(json!(r.env_vars.clone().unwrap_or_default()))
+    .bind(&v.requests_json)
+    .bind(&v.limits_json)
+    .bind(&volumes_json)
+    .bind(json!(r.labels.clone().unwrap_or_default()))
+    .bind(json!(r.node_selector.clone().unwrap_or_default()))
+    .bind(json!(r.tolerations.clone().unwrap_or_default()))
+    .bind(v.priority)
+    .bind(v.max_retry_count)
+    .bind(format!("tenant-{}", caller.tenant))
+    .bind(format!("task-{id}-0"))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| match &e {
+        // The user was deleted while its token lived: the token no longer names anyone.
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::Unauthorized("the token's user no longer exists".into()),
+        _ => ApiError::Database(e),
+    })?;
+    for (m, vid) in mounts.iter().zip(&volume_ids) {
+        sqlx::query("insert into task_volumes (task_id, volume_id, mount_path, read_only) values ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(vid)
+            .bind(&m.mount_path)
+            .bind(m.read_only.unwrap_or(false))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+
+    let spec = SchedulingSpec {
+        task_id: id,
+        tenant: caller.tenant.clone(),
+        requests: v.requests,
+        priority: v.priority as u8,
+        node_selector: r.node_selector.clone().unwrap_or_default(),
+        tolerations: r.tolerations.clone().unwrap_or_default(),
+        attempt: 0,
+        seq: 0,
+    };
+    if let Err(e) = s.queue.enqueue(&spec, std::time::Duration::ZERO).await {
+        tracing::error!(task = %id, error = %e, "enqueue failed; the reconciler will enqueue the task");
+    }
+    tracing::info!(task = %id, tenant = %caller.tenant, "task admitted");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "data": task, "message": "Task created successfully" })),
+    ))
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest {
+        error: "Invalid task ID".into(),
+        fields: vec![FieldError::new("id", "must be a UUID")],
+    })
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    let task: Option<Task> = sqlx::query_as(AssertSqlSafe(format!(
+        "select {TASK_COLUMNS} from tasks where id = $1 and tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(caller.tenant_id)
+    .fetch_optional(&s.pool)
+    .await?;
+    let task = task.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
+    let mut body = json!({ "data": task });
+    if task.status == TaskStatus::Pending.as_str() {
+        // Best effort: a Redis hiccup must not fail a read of PostgreSQL's truth.
+        if let Ok(Some(q)) = s.queue.task_state(id).await {
+            body["data"]["scheduling"] =
+                json!({ "queue_state": q.state, "reason": q.reason, "attempt": q.attempt });
+        }
+    }
+    Ok(Json(body))
+}
+
+/// The seed's list parameters. Unknown parameters are ignored, as HTTP caches add their own.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    pub page: Option<String>,
+    pub page_size: Option<String>,
+    pub status: Option<String>,
+    pub user_id: Option<String>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let mut errs = Vec::new();
+    let int =
+        |name: &str, raw: &Option<String>, default: i64, max: i64, errs: &mut Vec<FieldError>| {
+            match raw {
+                None => default,
+                Some(v) => match v.parse::<i64>() {
+                    Ok(n) if (1..=max).contains(&n) => n,
+                    _ => {
+                        errs.push(FieldError::new(
+                            name,
+                            format!("must be an integer between 1 and {max}"),
+                        ));
+                        default
+                    }
+                },
+            }
+        };
+    let page = int("page", &p.page, 1, MAX_PAGE, &mut errs);
+    let page_size = int("page_size", &p.page_size, 20, 100, &mut errs);
+    let status = match p.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(v) => match v.parse::<TaskStatus>() {
+            Ok(st) => Some(st.as_str()),
+            Err(e) => {
+                errs.push(FieldError::new("status", e.to_string()));
+                None
+            }
+        },
+    };
+    let user_id = match p.user_id.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(v) => match Uuid::parse_str(v) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                errs.push(FieldError::new("user_id", "must be a UUID"));
+                None
+            }
+        },
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::BadRequest {
+            error: "Invalid query parameters".into(),
+            fields: errs,
+        });
+    }
+    let filter = "tenant_id = $1 and ($2::text is null or status = $2) and ($3::uuid is null or user_id = $3)";
+    let (total,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+        "select count(*) from tasks where {filter}"
+    )))
+    .bind(caller.tenant_id)
+    .bind(status)
+    .bind(user_id)
+    .fetch_one(&s.pool)
+    .await?;
+    let tasks: Vec<Task> = sqlx::query_as(AssertSqlSafe(format!(
+        "select {TASK_COLUMNS} from tasks where {filter} order by created_at desc, id desc limit $4 offset $5"
+    )))
+    .bind(caller.tenant_id)
+    .bind(status)
+    .bind(user_id)
+    .bind(page_size)
+    .bind((page - 1) * page_size)
+    .fetch_all(&s.pool)
+    .await?;
+    let total_pages = (total + page_size - 1) / page_size;
+    Ok(Json(json!({
+        "data": tasks,
+        "pagination": { "page": page, "page_size": page_size, "total": total, "total_pages": total_pages },
+    })))
+}

@@ -1,0 +1,911 @@
+//! `berth.toml`: every role's configuration, with `BERTH_SECTION__KEY` environment overrides.
+//!
+//! Loading merges, lowest first: the built-in defaults below, the TOML file, then environment
+//! variables (`BERTH_DATABASE__URL=…` sets `database.url`). Unknown keys are rejected, and
+//! [`Config::validate`] checks every value before any connection opens; each error names the
+//! key path (`scheduler.profile.scorers[0].weight`). `deploy/berth.example.toml` documents
+//! every key with its default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Serialized};
+use serde::{Deserialize, Serialize};
+
+use crate::node::Taint;
+use crate::quantity::{parse_bytes, parse_cpu_millis};
+use crate::resources::{GPU_RESOURCE, Resources};
+use crate::validate;
+
+/// The JWT secret used when none is configured. Only `berth dev` accepts it.
+pub const DEFAULT_JWT_SECRET: &str = "berth-dev-secret-do-not-use-in-production";
+
+/// One invalid key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Why a configuration could not be loaded: every offending key, each with its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({})", self.source_name)?;
+        for e in &self.errors {
+            write!(f, "\n  {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration. Every section has a `Default` whose doc gives the value and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub api: ApiConfig,
+    pub auth: AuthConfig,
+    pub bootstrap: BootstrapConfig,
+    pub scheduler: SchedulerConfig,
+    pub executor: ExecutorConfig,
+    pub cluster: ClusterConfig,
+    pub dev: DevConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            api: ApiConfig::default(),
+            auth: AuthConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            executor: ExecutorConfig::default(),
+            cluster: ClusterConfig::default(),
+            dev: DevConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Sections that environment variables may set; other `BERTH_…` variables (such as
+/// `BERTH_CONFIG` or test switches) are not configuration and are ignored.
+const SECTIONS: [&str; 10] = [
+    "database",
+    "redis",
+    "api",
+    "auth",
+    "bootstrap",
+    "scheduler",
+    "executor",
+    "cluster",
+    "dev",
+    "log",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://postgres@127.0.0.1:5432/berth`: the local server with trust auth, as a
+    /// developer machine has it. `berth dev` and `berth migrate` create the database if missing.
+    pub url: String,
+    /// 10 connections: enough for one role on a small machine; PostgreSQL's default limit is 100.
+    pub max_connections: u32,
+    /// 5s to get a connection before a request fails with 503 rather than queueing forever.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/berth".into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://127.0.0.1:6379`: the local server.
+    pub url: String,
+    /// `"main"`: the partition's name, used as the hash tag of every key (`berth:{main}:…`), so
+    /// one partition's keys share a Redis Cluster slot and its scripts run there too.
+    pub partition: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            partition: "main".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `127.0.0.1:8080`: loopback only, so a developer's API is not exposed by accident.
+    pub listen: SocketAddr,
+    /// 2 MiB: comfortably above any task spec, small enough that a flood cannot exhaust memory.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 2 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The HMAC-SHA256 key that signs access tokens. The default is public, so every role but
+    /// `dev` refuses to start with it.
+    pub jwt_secret: String,
+    /// 1h: the seed's `expires_in` example; short enough that a leaked token soon dies.
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// 30 days: how long a refresh token stays valid.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: DEFAULT_JWT_SECRET.into(),
+            access_token_ttl: Duration::from_secs(3600),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The platform administrator created at first start (DESIGN.md §3). Existing accounts are
+/// never changed by these values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// `system`: the built-in tenant whose admins administer the platform.
+    pub system_tenant: String,
+    /// `admin`.
+    pub admin_username: String,
+    /// `admin`: fine on a laptop; set your own before the first start anywhere else.
+    pub admin_password: String,
+    /// `admin@berth.local`.
+    pub admin_email: String,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        BootstrapConfig {
+            system_tenant: "system".into(),
+            admin_username: "admin".into(),
+            admin_password: "admin".into(),
+            admin_email: "admin@berth.local".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// 64 candidates per cycle: enough to amortise the claim round trip, few enough that a
+    /// crashed replica strands little work until its leases expire.
+    pub batch_size: u32,
+    /// 30s: how long a claimed task stays invisible to other replicas; a replica that dies
+    /// returns its claims to ready after this.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// 50ms: how long an idle replica waits before claiming again.
+    #[serde(with = "humantime_serde")]
+    pub idle_wait: Duration,
+    /// 3: how many times a placement that lost a race for a node is re-scored and retried
+    /// within one cycle before the task goes back to ready.
+    pub max_conflict_retries: u32,
+    /// 1s: how long a task that fits nowhere waits before it is evaluated again.
+    #[serde(with = "humantime_serde")]
+    pub unschedulable_backoff: Duration,
+    pub profile: ProfileConfig,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            batch_size: 64,
+            lease_ttl: Duration::from_secs(30),
+            idle_wait: Duration::from_millis(50),
+            max_conflict_retries: 3,
+            unschedulable_backoff: Duration::from_secs(1),
+            profile: ProfileConfig::default(),
+        }
+    }
+}
+
+/// Which filters, scorers and queue orders run, in the shape of a kube-scheduler profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    pub filters: Vec<FilterConfig>,
+    pub scorers: Vec<ScorerConfig>,
+    pub order: Vec<OrderConfig>,
+}
+
+impl Default for ProfileConfig {
+    /// Every filter; bin-packing (`most_allocated`, gpus weighted 3) so that whole nodes stay
+    /// free for large tasks, which is what a batch platform wants; priority first.
+    fn default() -> Self {
+        ProfileConfig {
+            filters: vec![
+                FilterConfig::NodeSchedulable,
+                FilterConfig::ResourcesFit,
+                FilterConfig::NodeSelector,
+                FilterConfig::Taints,
+            ],
+            scorers: vec![ScorerConfig::ResourceFit {
+                weight: 1,
+                strategy: FitStrategy::MostAllocated,
+                resources: BTreeMap::from([
+                    ("cpu".into(), 1),
+                    ("memory".into(), 1),
+                    (GPU_RESOURCE.into(), 3),
+                ]),
+            }],
+            order: vec![OrderConfig::Priority, OrderConfig::Fifo],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterConfig {
+    NodeSchedulable,
+    ResourcesFit,
+    NodeSelector,
+    Taints,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FitStrategy {
+    LeastAllocated,
+    MostAllocated,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScorerConfig {
+    ResourceFit {
+        #[serde(default = "one")]
+        weight: u32,
+        strategy: FitStrategy,
+        /// Per-resource weights, kube-scheduler's `resources` argument; default cpu=1, memory=1.
+        #[serde(default = "default_fit_resources")]
+        resources: BTreeMap<String, i64>,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_fit_resources() -> BTreeMap<String, i64> {
+    BTreeMap::from([("cpu".into(), 1), ("memory".into(), 1)])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OrderConfig {
+    Priority,
+    Fifo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// 60s: how long a binding may sit unacknowledged with a dead executor before another
+    /// executor takes it over.
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// Backoff before a failed attempt is retried: `min(cap, base × 2^retry)`, ± `jitter`.
+    pub retry: RetryConfig,
+    /// 10s: how often the reconciler enqueues pending tasks that Redis lost or never got.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            claim_idle: Duration::from_secs(60),
+            retry: RetryConfig::default(),
+            reconcile_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// 2s: the first retry's delay.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// 5m: no retry waits longer than this.
+    #[serde(with = "humantime_serde")]
+    pub cap: Duration,
+    /// 0.2: each delay is scaled by a random factor in [1 − jitter, 1 + jitter], so retries
+    /// of tasks that failed together do not return together.
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before retry number `retry` (0 = first retry), for a jitter draw `u` in [0, 1).
+    pub fn delay(&self, retry: u32, u: f64) -> Duration {
+        let exp = self.base.as_secs_f64() * 2f64.powi(retry.min(30) as i32);
+        let capped = exp.min(self.cap.as_secs_f64());
+        let factor = 1.0 + self.jitter * (2.0 * u - 1.0);
+        Duration::from_secs_f64((capped * factor).max(0.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterKind {
+    /// In-process nodes from `cluster.nodes` (DESIGN.md §7).
+    Simulated,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `simulated`: runs anywhere, no Kubernetes needed.
+    pub kind: ClusterKind,
+    /// The simulated nodes. Default: 4 nodes `sim-1`…`sim-4` of 16 CPU, 64Gi, 4 GPUs.
+    pub nodes: Vec<SimNodeConfig>,
+    /// 3s: how long a simulated task runs without a `berth.io/sim-duration` label.
+    #[serde(with = "humantime_serde")]
+    pub default_duration: Duration,
+    /// 100ms: how long a simulated Job takes from creation to its pod running.
+    #[serde(with = "humantime_serde")]
+    pub start_delay: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            kind: ClusterKind::Simulated,
+            nodes: vec![SimNodeConfig {
+                name: "sim".into(),
+                count: 4,
+                cpu: "16".into(),
+                memory: "64Gi".into(),
+                gpu: 4,
+                labels: BTreeMap::new(),
+                taints: Vec::new(),
+            }],
+            default_duration: Duration::from_secs(3),
+            start_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A group of identical simulated nodes, named `name-1`…`name-count` (or just `name` when
+/// `count` is 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimNodeConfig {
+    pub name: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    pub cpu: String,
+    pub memory: String,
+    #[serde(default)]
+    pub gpu: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+}
+
+impl SimNodeConfig {
+    /// The node names this group expands to.
+    pub fn names(&self) -> Vec<String> {
+        if self.count == 1 {
+            vec![self.name.clone()]
+        } else {
+            (1..=self.count)
+                .map(|i| format!("{}-{i}", self.name))
+                .collect()
+        }
+    }
+
+    /// Allocatable resources of each node of the group. Call after [`Config::validate`].
+    pub fn allocatable(&self) -> Resources {
+        Resources::new(
+            parse_cpu_millis(&self.cpu).unwrap_or(0),
+            parse_bytes(&self.memory).unwrap_or(0),
+            self.gpu,
+        )
+    }
+}
+
+/// Accounts that `berth dev` creates besides the platform admin. Dev mode only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    /// `demo`.
+    pub demo_tenant: String,
+    /// `demo`.
+    pub demo_username: String,
+    /// `demo`.
+    pub demo_password: String,
+    /// `demo@berth.local`.
+    pub demo_email: String,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            demo_tenant: "demo".into(),
+            demo_username: "demo".into(),
+            demo_password: "demo".into(),
+            demo_email: "demo@berth.local".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people; `json` for log shippers.
+    pub format: LogFormat,
+    /// `info,berth=info`: a tracing `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given; it must exist), then `BERTH_…` variables, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("BERTH_"))
+    }
+
+    /// Loads defaults and one TOML document, ignoring the environment (for tests and tools).
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let table = parse_toml(toml, "inline TOML")?;
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Serialized::defaults(table)),
+            "inline TOML",
+        )
+    }
+
+    fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut source_name = "defaults".to_string();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError {
+                    source_name: p.display().to_string(),
+                    errors: vec![FieldError {
+                        path: "(file)".into(),
+                        message: "no such file".into(),
+                    }],
+                });
+            }
+            source_name = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                source_name: source_name.clone(),
+                errors: vec![FieldError {
+                    path: "(file)".into(),
+                    message: e.to_string(),
+                }],
+            })?;
+            figment = figment.merge(Serialized::defaults(parse_toml(&text, &source_name)?));
+        }
+        let env = env.split("__").filter(|key| {
+            let first = key.as_str().split('.').next().unwrap_or_default();
+            SECTIONS.contains(&first)
+        });
+        figment = figment.merge(env);
+        Self::extract(figment, &source_name)
+    }
+
+    fn extract(figment: Figment, source_name: &str) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| ConfigError {
+            source_name: source_name.to_owned(),
+            errors: e
+                .into_iter()
+                .map(|e| FieldError {
+                    path: if e.path.is_empty() {
+                        "(root)".into()
+                    } else {
+                        e.path.join(".")
+                    },
+                    message: e.kind.to_string(),
+                })
+                .collect(),
+        })?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                source_name: source_name.to_owned(),
+                errors,
+            })
+        }
+    }
+
+    /// Every semantic problem, each with its key path. Empty means valid.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut bad = |path: String, message: String| errs.push(FieldError { path, message });
+
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            bad("database.url".into(), "must be a postgres:// URL".into());
+        }
+        if self.database.max_connections == 0 {
+            bad(
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            bad(
+                "redis.url".into(),
+                "must be a redis:// or rediss:// URL".into(),
+            );
+        }
+        let p = &self.redis.partition;
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bad(
+                "redis.partition".into(),
+                "must be 1-64 letters, digits, '-' or '_'".into(),
+            );
+        }
+        if self.api.body_limit_bytes < 1024 {
+            bad(
+                "api.body_limit_bytes".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if self.auth.jwt_secret.len() < 16 {
+            bad(
+                "auth.jwt_secret".into(),
+                "must be at least 16 characters".into(),
+            );
+        }
+        if self.auth.access_token_ttl < Duration::from_secs(10) {
+            bad(
+                "auth.access_token_ttl".into(),
+                "must be at least 10s".into(),
+            );
+        }
+        for (path, v) in [
+            ("bootstrap.system_tenant", &self.bootstrap.system_tenant),
+            ("dev.demo_tenant", &self.dev.demo_tenant),
+        ] {
+            if let Err(e) = validate::dns_label(v) {
+                bad(path.into(), e);
+            }
+        }
+        for (path, v) in [
+            ("bootstrap.admin_username", &self.bootstrap.admin_username),
+            ("bootstrap.admin_password", &self.bootstrap.admin_password),
+            ("dev.demo_username", &self.dev.demo_username),
+            ("dev.demo_password", &self.dev.demo_password),
+        ] {
+            if v.is_empty() {
+                bad(path.into(), "must not be empty".into());
+            }
+        }
+        let s = &self.scheduler;
+        if !(1..=10_000).contains(&s.batch_size) {
+            bad(
+                "scheduler.batch_size".into(),
+                "must be between 1 and 10000".into(),
+            );
+        }
+        if s.lease_ttl < Duration::from_secs(1) {
+            bad("scheduler.lease_ttl".into(), "must be at least 1s".into());
+        }
+        if s.idle_wait.is_zero() || s.idle_wait > Duration::from_secs(10) {
+            bad(
+                "scheduler.idle_wait".into(),
+                "must be between 1ms and 10s".into(),
+            );
+        }
+        if s.max_conflict_retries > 100 {
+            bad(
+                "scheduler.max_conflict_retries".into(),
+                "must be at most 100".into(),
+            );
+        }
+        if s.unschedulable_backoff.is_zero() {
+            bad(
+                "scheduler.unschedulable_backoff".into(),
+                "must be positive".into(),
+            );
+        }
+        for e in s.profile.validate() {
+            bad(format!("scheduler.profile.{}", e.path), e.message);
+        }
+        if self.executor.reconcile_interval < Duration::from_millis(100) {
+            bad(
+                "executor.reconcile_interval".into(),
+                "must be at least 100ms".into(),
+            );
+        }
+        if self.executor.claim_idle < Duration::from_secs(1) {
+            bad("executor.claim_idle".into(), "must be at least 1s".into());
+        }
+        let r = &self.executor.retry;
+        if !(0.0..=1.0).contains(&r.jitter) || r.jitter.is_nan() {
+            bad(
+                "executor.retry.jitter".into(),
+                "must be between 0 and 1".into(),
+            );
+        }
+        if r.base.is_zero() {
+            bad("executor.retry.base".into(), "must be positive".into());
+        }
+        if r.cap < r.base {
+            bad(
+                "executor.retry.cap".into(),
+                "must be at least executor.retry.base".into(),
+            );
+        }
+        let c = &self.cluster;
+        if c.nodes.is_empty() {
+            bad(
+                "cluster.nodes".into(),
+                "the simulated cluster needs at least one node".into(),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, n) in c.nodes.iter().enumerate() {
+            let at = |k: &str| format!("cluster.nodes[{i}].{k}");
+            if let Err(e) = validate::dns_subdomain(&n.name) {
+                bad(at("name"), e);
+            }
+            if !(1..=100_000).contains(&n.count) {
+                bad(at("count"), "must be between 1 and 100000".into());
+            }
+            match parse_cpu_millis(&n.cpu) {
+                Ok(0) => bad(at("cpu"), "must be positive".into()),
+                Ok(_) => {}
+                Err(e) => bad(at("cpu"), e.to_string()),
+            }
+            match parse_bytes(&n.memory) {
+                Ok(0) => bad(at("memory"), "must be positive".into()),
+                Ok(_) => {}
+                Err(e) => bad(at("memory"), e.to_string()),
+            }
+            for (k, v) in &n.labels {
+                if let Err(e) = validate::label_key(k) {
+                    bad(at(&format!("labels.{k:?}")), e);
+                }
+                if let Err(e) = validate::label_value(v) {
+                    bad(at(&format!("labels.{k:?}")), e);
+                }
+            }
+            for (j, t) in n.taints.iter().enumerate() {
+                if let Err(e) = validate::label_key(&t.key) {
+                    bad(at(&format!("taints[{j}].key")), e);
+                }
+            }
+            for name in n.names() {
+                if !seen.insert(name.clone()) {
+                    bad(at("name"), format!("node {name:?} is defined twice"));
+                }
+            }
+        }
+        errs
+    }
+}
+
+/// Parses TOML 1.1 (multi-line inline tables included, as DESIGN.md's examples use them).
+fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        source_name: source_name.to_owned(),
+        errors: vec![FieldError {
+            path: "(syntax)".into(),
+            message: e.to_string(),
+        }],
+    })
+}
+
+impl ProfileConfig {
+    /// Problems with the profile; paths are relative to the profile.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        for (i, s) in self.scorers.iter().enumerate() {
+            match s {
+                ScorerConfig::ResourceFit {
+                    weight, resources, ..
+                } => {
+                    if !(1..=100).contains(weight) {
+                        errs.push(FieldError {
+                            path: format!("scorers[{i}].weight"),
+                            message: "must be between 1 and 100".into(),
+                        });
+                    }
+                    if resources.is_empty() {
+                        errs.push(FieldError {
+                            path: format!("scorers[{i}].resources"),
+                            message: "must name at least one resource".into(),
+                        });
+                    }
+                    for (name, w) in resources {
+                        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
+                            errs.push(FieldError {
+                                path: format!("scorers[{i}].resources.{name:?}"),
+                                message: format!(
+                                    "unknown resource (expected cpu, memory or {GPU_RESOURCE})"
+                                ),
+                            });
+                        }
+                        // kube-scheduler's ValidateNodeResourcesFitArgs: weights in 1..=100.
+                        if !(1..=100).contains(w) {
+                            errs.push(FieldError {
+                                path: format!("scorers[{i}].resources.{name:?}"),
+                                message: "weight must be between 1 and 100".into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut seen = Vec::new();
+        for (i, f) in self.filters.iter().enumerate() {
+            if seen.contains(f) {
+                errs.push(FieldError {
+                    path: format!("filters[{i}]"),
+                    message: "filter listed twice".into(),
+                });
+            }
+            seen.push(*f);
+        }
+        errs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(e: ConfigError) -> Vec<String> {
+        e.errors.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), vec![]);
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let e = Config::from_toml_str("[scheduler]\nbatch_sise = 3\n").unwrap_err();
+        assert_eq!(paths(e.clone()), vec!["scheduler.batch_sise"], "{e}");
+        assert!(e.to_string().contains("batch_sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::from_toml_str("[scheduler]\nbatch_size = \"many\"\n").unwrap_err();
+        assert_eq!(paths(e), vec!["scheduler.batch_size"]);
+        let e = Config::from_toml_str(
+            "[scheduler.profile]\nscorers = [{ kind = \"resource_fit\", weight = 0, strategy = \"most_allocated\" }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["scheduler.profile.scorers[0].weight"]);
+        let e = Config::from_toml_str(
+            "[[cluster.nodes]]\nname = \"n\"\ncpu = \"12x\"\nmemory = \"1Gi\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["cluster.nodes[0].cpu"]);
+    }
+
+    #[test]
+    fn the_design_example_profile_parses() {
+        let c = Config::from_toml_str(
+            r#"
+[scheduler]
+batch_size = 64
+[scheduler.profile]
+filters = [{ kind = "resources_fit" }, { kind = "node_selector" }, { kind = "taints" }]
+scorers = [
+  { kind = "resource_fit", weight = 1, strategy = "most_allocated",
+    resources = { cpu = 1, memory = 1, "nvidia.com/gpu" = 3 } },
+]
+order = [{ kind = "priority" }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.profile.filters.len(), 3);
+    }
+
+    #[test]
+    fn sim_node_groups_expand_to_names() {
+        let c = Config::default();
+        assert_eq!(
+            c.cluster.nodes[0].names(),
+            vec!["sim-1", "sim-2", "sim-3", "sim-4"]
+        );
+        assert_eq!(
+            c.cluster.nodes[0].allocatable(),
+            Resources::new(16_000, 64 << 30, 4)
+        );
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let r = RetryConfig {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(10),
+            jitter: 0.0,
+        };
+        assert_eq!(r.delay(0, 0.5), Duration::from_secs(2));
+        assert_eq!(r.delay(1, 0.5), Duration::from_secs(4));
+        assert_eq!(r.delay(5, 0.5), Duration::from_secs(10));
+        let j = RetryConfig { jitter: 0.5, ..r };
+        assert_eq!(j.delay(0, 0.0), Duration::from_secs(1));
+    }
+}

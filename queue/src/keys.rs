@@ -1,0 +1,104 @@
+//! Key names. Every key of a partition starts with `berth:{<partition>}:`, so they share one
+//! Redis Cluster slot and the scripts, which derive a few keys from the prefix, stay legal
+//! there.
+
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(partition: &str) -> Keys {
+        Keys {
+            prefix: format!("berth:{{{partition}}}:"),
+        }
+    }
+
+    /// `berth:{p}:`, passed to scripts that derive per-tenant and per-node keys.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash: a task's scheduling fields and queue state.
+    pub fn task(&self, id: Uuid) -> String {
+        format!("{}task:{id}", self.prefix)
+    }
+    /// Counter: submission sequence numbers.
+    pub fn seq(&self) -> String {
+        format!("{}seq", self.prefix)
+    }
+    /// Sorted set: one tenant's ready tasks, by (priority desc, seq asc).
+    pub fn ready(&self, tenant: &str) -> String {
+        format!("{}ready:{tenant}", self.prefix)
+    }
+    /// Set: tenants with ready work.
+    pub fn tenants(&self) -> String {
+        format!("{}tenants", self.prefix)
+    }
+    /// Sorted set: claimed tasks by lease expiry (ms).
+    pub fn leases(&self) -> String {
+        format!("{}leases", self.prefix)
+    }
+    /// Sorted set: tasks waiting for a time (retry backoff, unschedulable), by due time (ms).
+    pub fn delayed(&self) -> String {
+        format!("{}delayed", self.prefix)
+    }
+    /// Set: names of the nodes in the ledger.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+    /// Hash: one node's allocatable, reserved, schedulable and labels/taints.
+    pub fn node(&self, name: &str) -> String {
+        format!("{}node:{name}", self.prefix)
+    }
+    /// Counter: bumped on every ledger change, so schedulers refresh only when it moved.
+    pub fn nodes_version(&self) -> String {
+        format!("{}nodes:version", self.prefix)
+    }
+    /// Hash: resources held by one tenant's bound tasks.
+    pub fn usage(&self, tenant: &str) -> String {
+        format!("{}usage:{tenant}", self.prefix)
+    }
+    /// Stream: bindings from schedulers to executors.
+    pub fn bindings(&self) -> String {
+        format!("{}bindings", self.prefix)
+    }
+    /// String with TTL: which process holds a singleton role (reconciler, node watcher).
+    pub fn leader(&self, role: &str) -> String {
+        format!("{}leader:{role}", self.prefix)
+    }
+    /// Stream: task state changes, capped.
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_the_partition_hash_tag() {
+        let k = Keys::new("p1");
+        let id = Uuid::nil();
+        for key in [
+            k.task(id),
+            k.seq(),
+            k.ready("t"),
+            k.tenants(),
+            k.leases(),
+            k.delayed(),
+            k.nodes(),
+            k.node("n"),
+            k.nodes_version(),
+            k.usage("t"),
+            k.bindings(),
+            k.events(),
+            k.leader("r"),
+        ] {
+            assert!(key.starts_with("berth:{p1}:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! [`Queue`]: every Redis operation berth performs, each one round trip.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use berth_core::{ClusterSnapshot, NodeView, Resources, SchedulingSpec, Taint, TaskStatus};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::QueueError;
+use crate::keys::Keys;
+use crate::scripts::SCRIPTS;
+
+/// The consumer group every executor reads bindings through.
+pub const EXECUTOR_GROUP: &str = "executors";
+/// Events kept in the stream (approximately): enough for SSE clients and webhooks to catch up
+/// after a short disconnect, bounded so the stream never grows without limit.
+pub const EVENTS_MAXLEN: usize = 100_000;
+/// Most delayed tasks and expired leases promoted per claim, so one claim stays short even
+/// after a long outage.
+const MAX_PROMOTIONS: u32 = 1000;
+
+/// A task handed to one scheduler until its lease expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedTask {
+    pub spec: SchedulingSpec,
+}
+
+/// The answer of [`Queue::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Capacity reserved and the binding emitted.
+    Bound,
+    /// The node no longer has room; its fresh state is attached.
+    NoRoom {
+        allocatable: Resources,
+        reserved: Resources,
+    },
+    /// The node is gone from the ledger or unschedulable.
+    NodeUnavailable,
+    /// Our lease expired and the task went to someone else (or was cancelled).
+    LeaseLost,
+}
+
+/// A scheduler's decision on its way to an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The stream entry id, to acknowledge.
+    pub entry_id: String,
+    pub task_id: Uuid,
+    pub node: String,
+    pub attempt: u32,
+}
+
+/// What Redis knows of a queued task (for "why pending").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub state: String,
+    pub node: Option<String>,
+    pub reason: Option<String>,
+    pub attempt: u32,
+}
+
+/// A task state change, as published on the event stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub task_id: Uuid,
+    pub tenant_id: Uuid,
+    pub status: TaskStatus,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeMeta {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    taints: Vec<Taint>,
+}
+
+/// A handle on one partition. Cheap to clone: clones share one multiplexed connection that
+/// reconnects by itself.
+#[derive(Clone)]
+pub struct Queue {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+/// How long one command may take before it fails. The client's default (500ms) is too tight
+/// for a claim over many tenants on a loaded machine; a minute would hide a dead server.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("prefix", &self.keys.prefix())
+            .finish()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Queue {
+    pub async fn connect(url: &str, partition: &str) -> Result<Queue, QueueError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(Queue {
+            client,
+            conn,
+            keys: Keys::new(partition),
+        })
+    }
+
+    /// A handle with a connection of its own, for blocking reads ([`Queue::read_bindings`]):
+    /// a blocked command on the shared multiplexed connection would stall every other caller.
+    pub async fn dedicated(&self, block: Duration) -> Result<Queue, QueueError> {
+        let config =
+            ConnectionManagerConfig::new().set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        Ok(Queue {
+            client: self.client.clone(),
+            conn,
+            keys: self.keys.clone(),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A raw connection, for tests and tools.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Queues a task (ready now, or after `delay`). Returns its sequence number, or `None`
+    /// if the task was already queued (enqueue is idempotent on the task id).
+    pub async fn enqueue(
+        &self,
+        spec: &SchedulingSpec,
+        delay: Duration,
+    ) -> Result<Option<u64>, QueueError> {
+        let k = &self.keys;
+        let r = spec.reservation();
+        let body = serde_json::to_string(spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let seq: u64 = SCRIPTS
+            .enqueue
+            .key(k.task(spec.task_id))
+            .key(k.seq())
+            .key(k.ready(&spec.tenant))
+            .key(k.tenants())
+            .key(k.delayed())
+            .arg(spec.task_id.to_string())
+            .arg(body)
+            .arg(&spec.tenant)
+            .arg(spec.priority.min(100))
+            .arg(r.cpu_millis)
+            .arg(r.memory_bytes)
+            .arg(r.gpu)
+            .arg(ms(delay))
+            .arg(spec.attempt)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    /// Promotes due work, then leases up to `batch` ready tasks to `owner` for `lease`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        batch: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTask>, QueueError> {
+        let k = &self.keys;
+        let flat: Vec<String> = SCRIPTS
+            .claim
+            .key(k.tenants())
+            .key(k.leases())
+            .key(k.delayed())
+            .arg(k.prefix())
+            .arg(batch)
+            .arg(ms(lease).max(1))
+            .arg(owner)
+            .arg(MAX_PROMOTIONS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        flat.chunks_exact(4)
+            .map(|c| {
+                let mut spec: SchedulingSpec = serde_json::from_str(&c[1])
+                    .map_err(|e| QueueError::Corrupt(format!("task {}: {e}", c[0])))?;
+                spec.seq = c[2]
+                    .parse()
+                    .map_err(|_| QueueError::Corrupt(format!("task {}: seq {:?}", c[0], c[2])))?;
+                spec.attempt = c[3].parse().map_err(|_| {
+                    QueueError::Corrupt(format!("task {}: attempt {:?}", c[0], c[3]))
+                })?;
+                Ok(ClaimedTask { spec })
+            })
+            .collect()
+    }
+
+    /// Reserves the task's capacity on `node` and emits its binding, if `owner` still holds
+    /// the lease and the node still has room.
+    pub async fn reserve(
+        &self,
+        task: &SchedulingSpec,
+        owner: &str,
+        node: &str,
+    ) -> Result<ReserveOutcome, QueueError> {
+        let k = &self.keys;
+        let r: Vec<i64> = SCRIPTS
+            .reserve
+            .key(k.task(task.task_id))
+            .key(k.node(node))
+            .key(k.usage(&task.tenant))
+            .key(k.leases())
+            .key(k.bindings())
+            .key(k.nodes_version())
+            .arg(task.task_id.to_string())
+            .arg(owner)
+            .arg(node)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let u = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(match r.first() {
+            Some(1) => ReserveOutcome::Bound,
+            Some(-1) => ReserveOutcome::LeaseLost,
+            Some(-2) => ReserveOutcome::NodeUnavailable,
+            Some(0) => ReserveOutcome::NoRoom {
+                allocatable: Resources::new(u(1), u(2), u(3)),
+                reserved: Resources::new(u(4), u(5), u(6)),
+            },
+            other => return Err(QueueError::Corrupt(format!("reserve returned {other:?}"))),
+        })
+    }
+
+    /// Hands a claimed task back: to ready now (`delay` zero) or after `delay`, recording
+    /// `reason` for "why pending". Returns false if the lease was no longer ours.
+    pub async fn unlease(
+        &self,
+        task_id: Uuid,
+        owner: &str,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<bool, QueueError> {
+        let k = &self.keys;
+        let n: i64 = SCRIPTS
+            .unlease
+            .key(k.task(task_id))
+            .key(k.leases())
+            .key(k.delayed())
+            .key(k.tenants())
+            .arg(task_id.to_string())
+            .arg(owner)
+            .arg(ms(delay))
+            .arg(reason)
+            .arg(k.prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The task is done for good: release its reservation and usage and forget it.
+    pub async fn finish(&self, task_id: Uuid) -> Result<bool, QueueError> {
+        self.release(task_id, "finish", 0, Duration::ZERO).await
+    }
+
+    /// Attempt `attempt` failed and will be retried after `delay`: release its reservation
+    /// and queue attempt `attempt + 1`. A repeat for the same attempt changes nothing.
+    pub async fn retry(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        self.release(task_id, "retry", attempt, delay).await
+    }
+
+    async fn release(
+        &self,
+        task_id: Uuid,
+        mode: &str,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let k = &self.keys;
+        let n: i64 = SCRIPTS
+            .release
+            .key(k.task(task_id))
+            .key(k.nodes_version())
+            .key(k.delayed())
+            .key(k.leases())
+            .arg(task_id.to_string())
+            .arg(k.prefix())
+            .arg(mode)
+            .arg(attempt)
+            .arg(ms(delay))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Publishes a node's capacity and scheduling facts; keeps its reservations.
+    pub async fn upsert_node(&self, node: &NodeView) -> Result<bool, QueueError> {
+        let k = &self.keys;
+        let meta = serde_json::to_string(&NodeMeta {
+            labels: node.labels.clone(),
+            taints: node.taints.clone(),
+        })
+        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let n: i64 = SCRIPTS
+            .upsert_node
+            .key(k.nodes())
+            .key(k.node(&node.name))
+            .key(k.nodes_version())
+            .arg(&node.name)
+            .arg(node.allocatable.cpu_millis)
+            .arg(node.allocatable.memory_bytes)
+            .arg(node.allocatable.gpu)
+            .arg(if node.schedulable { 1 } else { 0 })
+            .arg(meta)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The ledger's version: it moves whenever any node or reservation changes.
+    pub async fn nodes_version(&self) -> Result<u64, QueueError> {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.nodes_version())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Every node in the ledger with its reservations, sorted by name.
+    pub async fn snapshot(&self) -> Result<ClusterSnapshot, QueueError> {
+        let mut conn = self.conn.clone();
+        let (version, names): (Option<u64>, Vec<String>) = redis::pipe()
+            .cmd("GET")
+            .arg(self.keys.nodes_version())
+            .cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.cmd("HGETALL").arg(self.keys.node(n));
+        }
+        let hashes: Vec<HashMap<String, String>> = if names.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let mut nodes = Vec::with_capacity(names.len());
+        for (name, h) in names.into_iter().zip(hashes) {
+            if h.is_empty() {
+                continue;
+            }
+            let num = |f: &str| -> Result<u64, QueueError> {
+                let v = h.get(f).map(String::as_str).unwrap_or("0");
+                v.parse::<i64>()
+                    .map(|x| x.max(0) as u64)
+                    .map_err(|_| QueueError::Corrupt(format!("node {name} field {f}={v:?}")))
+            };
+            let meta: NodeMeta =
+                serde_json::from_str(h.get("meta").map(String::as_str).unwrap_or("{}"))
+                    .map_err(|e| QueueError::Corrupt(format!("node {name} meta: {e}")))?;
+            nodes.push(NodeView {
+                allocatable: Resources::new(
+                    num("alloc_cpu")?,
+                    num("alloc_mem")?,
+                    num("alloc_gpu")?,
+                ),
+                requested: Resources::new(num("res_cpu")?, num("res_mem")?, num("res_gpu")?),
+                labels: meta.labels,
+                taints: meta.taints,
+                schedulable: h.get("schedulable").map(String::as_str) == Some("1"),
+                name,
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(ClusterSnapshot {
+            version: version.unwrap_or(0),
+            nodes,
+        })
+    }
+
+    /// Resources held by one tenant's bound tasks.
+    pub async fn tenant_usage(&self, tenant: &str) -> Result<Resources, QueueError> {
+        let h: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(self.keys.usage(tenant))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
+        Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
+    }
+
+    /// What Redis knows of a task, if it is queued, leased, delayed or bound.
+    pub async fn task_state(&self, task_id: Uuid) -> Result<Option<TaskState>, QueueError> {
+        let f: (Option<String>, Option<String>, Option<String>, Option<u32>) = redis::cmd("HMGET")
+            .arg(self.keys.task(task_id))
+            .arg(&["state", "node", "reason", "attempt"])
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(f.0.map(|state| TaskState {
+            state,
+            node: f.1,
+            reason: f.2,
+            attempt: f.3.unwrap_or(0),
+        }))
+    }
+
+    /// Creates the executors' consumer group if it does not exist yet.
+    pub async fn ensure_binding_group(&self) -> Result<(), QueueError> {
+        let r: Result<String, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.bindings())
+            .arg(EXECUTOR_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// New bindings for `consumer`, waiting up to `block` for some to arrive.
+    pub async fn read_bindings(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Binding>, QueueError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(EXECUTOR_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(ms(block))
+            .arg("STREAMS")
+            .arg(self.keys.bindings())
+            .arg(">")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let ids = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+            .unwrap_or_default();
+        ids.iter().map(parse_binding).collect()
+    }
+
+    /// Takes over bindings that another executor received but did not acknowledge within
+    /// `min_idle` (it died or hangs).
+    pub async fn reclaim_bindings(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Binding>, QueueError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys.bindings())
+            .arg(EXECUTOR_GROUP)
+            .arg(consumer)
+            .arg(ms(min_idle))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        reply.claimed.iter().map(parse_binding).collect()
+    }
+
+    /// Acknowledges and deletes a handled binding (one group reads the stream, so a handled
+    /// entry is needed by no one).
+    pub async fn ack_binding(&self, entry_id: &str) -> Result<(), QueueError> {
+        let _: (i64, i64) = redis::pipe()
+            .cmd("XACK")
+            .arg(self.keys.bindings())
+            .arg(EXECUTOR_GROUP)
+            .arg(entry_id)
+            .cmd("XDEL")
+            .arg(self.keys.bindings())
+            .arg(entry_id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Appends a task state change to the capped event stream.
+    pub async fn publish_event(&self, event: &TaskEvent) -> Result<(), QueueError> {
+        let body = serde_json::to_string(event).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(EVENTS_MAXLEN)
+            .arg("*")
+            .arg("tenant")
+            .arg(event.tenant_id.to_string())
+            .arg("event")
+            .arg(body)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes or renews the singleton lease of `role` for `holder`; true while `holder` has it.
+    pub async fn hold_leader(
+        &self,
+        role: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let held: i64 = redis::Script::new(
+            "local cur = redis.call('GET', KEYS[1])
+             if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+             if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+             return 0",
+        )
+        .key(self.keys.leader(role))
+        .arg(holder)
+        .arg(ms(ttl).max(1))
+        .invoke_async(&mut self.conn.clone())
+        .await?;
+        Ok(held == 1)
+    }
+
+    /// Deletes every key of this partition. For tests and `berth dev --reset` only.
+    pub async fn purge(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!(
+            "{}*",
+            self.keys.prefix().replace('{', "\\{").replace('}', "\\}")
+        );
+        let mut cursor = 0u64;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn parse_binding(e: &StreamId) -> Result<Binding, QueueError> {
+    let field = |f: &str| -> Result<String, QueueError> {
+        e.get::<String>(f)
+            .ok_or_else(|| QueueError::Corrupt(format!("binding {} lacks {f}", e.id)))
+    };
+    let task = field("task")?;
+    Ok(Binding {
+        entry_id: e.id.clone(),
+        task_id: task
+            .parse()
+            .map_err(|_| QueueError::Corrupt(format!("binding {} task {task:?}", e.id)))?,
+        node: field("node")?,
+        attempt: field("attempt")?
+            .parse()
+            .map_err(|_| QueueError::Corrupt(format!("binding {} attempt", e.id)))?,
+    })
+}

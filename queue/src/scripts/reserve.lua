@@ -1,0 +1,34 @@
+-- reserve: bind a leased task to a node if the node still has room, atomically.
+-- This re-check is what makes over-commit impossible with any number of schedulers.
+-- KEYS[1] task hash  KEYS[2] node hash  KEYS[3] tenant usage hash  KEYS[4] leases zset
+-- KEYS[5] bindings stream  KEYS[6] nodes version counter
+-- ARGV[1] task id  ARGV[2] owner  ARGV[3] node name
+-- Returns {1} bound; {-1} lease lost; {-2} node gone or unschedulable;
+-- {0, alloc_cpu, alloc_mem, alloc_gpu, res_cpu, res_mem, res_gpu} no room (fresh node state).
+local f = redis.call('HMGET', KEYS[1], 'state', 'owner', 'cpu', 'mem', 'gpu', 'attempt')
+if f[1] ~= 'leased' or f[2] ~= ARGV[2] then
+  return { -1 }
+end
+local n = redis.call('HMGET', KEYS[2], 'alloc_cpu', 'alloc_mem', 'alloc_gpu', 'res_cpu', 'res_mem', 'res_gpu', 'schedulable')
+if not n[1] or n[7] ~= '1' then
+  return { -2 }
+end
+local cpu, mem, gpu = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
+local ac, am, ag = tonumber(n[1]), tonumber(n[2]), tonumber(n[3])
+local rc, rm, rg = tonumber(n[4]) or 0, tonumber(n[5]) or 0, tonumber(n[6]) or 0
+if rc + cpu > ac or rm + mem > am or rg + gpu > ag then
+  return { 0, ac, am, ag, rc, rm, rg }
+end
+-- Amounts go to HINCRBY as the strings they were stored as: no Lua number formatting.
+redis.call('HINCRBY', KEYS[2], 'res_cpu', f[3])
+redis.call('HINCRBY', KEYS[2], 'res_mem', f[4])
+redis.call('HINCRBY', KEYS[2], 'res_gpu', f[5])
+redis.call('HINCRBY', KEYS[3], 'cpu', f[3])
+redis.call('HINCRBY', KEYS[3], 'mem', f[4])
+redis.call('HINCRBY', KEYS[3], 'gpu', f[5])
+redis.call('HSET', KEYS[1], 'state', 'bound', 'node', ARGV[3])
+redis.call('HDEL', KEYS[1], 'owner', 'reason')
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('XADD', KEYS[5], '*', 'task', ARGV[1], 'node', ARGV[3], 'attempt', f[6])
+redis.call('INCR', KEYS[6])
+return { 1 }

@@ -1,0 +1,18 @@
+-- upsert_node: publish a node's allocatable capacity and scheduling facts, keeping what
+-- berth has reserved on it.
+-- KEYS[1] nodes set  KEYS[2] node hash  KEYS[3] nodes version counter
+-- ARGV[1] name  ARGV[2] alloc cpu  ARGV[3] alloc mem  ARGV[4] alloc gpu  ARGV[5] schedulable 0|1
+-- ARGV[6] labels+taints JSON
+-- Returns 1 if anything changed.
+local cur = redis.call('HMGET', KEYS[2], 'alloc_cpu', 'alloc_mem', 'alloc_gpu', 'schedulable', 'meta')
+if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == ARGV[4] and cur[4] == ARGV[5] and cur[5] == ARGV[6] then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'alloc_cpu', ARGV[2], 'alloc_mem', ARGV[3], 'alloc_gpu', ARGV[4],
+  'schedulable', ARGV[5], 'meta', ARGV[6])
+redis.call('HSETNX', KEYS[2], 'res_cpu', 0)
+redis.call('HSETNX', KEYS[2], 'res_mem', 0)
+redis.call('HSETNX', KEYS[2], 'res_gpu', 0)
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[3])
+return 1

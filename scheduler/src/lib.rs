@@ -1,0 +1,15 @@
+//! berth's scheduler (DESIGN.md §6): a pure decision core wrapped by a Redis worker loop.
+//!
+//! - [`decide`]: `decide(snapshot, candidates, profile) -> decisions`, pure and deterministic;
+//!   the worker, `berth explain` and the simulator all call it.
+//! - [`worker`]: [`worker::run`], one replica's loop: claim → refresh snapshot → decide →
+//!   reserve atomically (re-scoring on conflict) → hand back what did not bind.
+//!
+//! Replicas share nothing but Redis and need no leader: the reserve script re-checks capacity,
+//! so racing replicas cannot over-commit a node; they only count a conflict and try again.
+
+pub mod decide;
+pub mod worker;
+
+pub use decide::{Decision, decide};
+pub use worker::{SchedulerStats, run};

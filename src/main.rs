@@ -1,0 +1,366 @@
+//! `berth`: one binary, one subcommand per role (DESIGN.md §1). This file only parses the
+//! command line and configuration, builds clients and runs roles until a shutdown signal.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use berth_core::config::{Config, DEFAULT_JWT_SECRET, LogFormat};
+use berth_queue::Queue;
+use berth_workers::{Cluster, SimCluster};
+use clap::{Parser, Subcommand};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A multi-tenant compute platform on Kubernetes"
+)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./berth.toml if it exists, else built-in defaults.
+    #[arg(long, short, global = true, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Serve the REST API.
+    Api,
+    /// Run one scheduler replica.
+    Scheduler,
+    /// Run one executor (with the node publisher and, when it holds the lease, the reconciler).
+    Executor,
+    /// Every role in one process on the simulated cluster, with demo accounts.
+    Dev,
+    /// Create the database if missing and apply migrations.
+    Migrate,
+    /// Check a configuration file and print the effective configuration.
+    CheckConfig,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let path = cli.config.clone().or_else(|| {
+        let p = PathBuf::from("berth.toml");
+        p.exists().then_some(p)
+    });
+    let config = Config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&config);
+    if cli.role == Role::CheckConfig {
+        println!(
+            "{}",
+            toml::to_string_pretty(&config).context("printing the configuration")?
+        );
+        return Ok(());
+    }
+    if !matches!(cli.role, Role::Dev | Role::Migrate | Role::Scheduler)
+        && config.auth.jwt_secret == DEFAULT_JWT_SECRET
+    {
+        bail!(
+            "auth.jwt_secret is the public development default; set auth.jwt_secret in the config file or BERTH_AUTH__JWT_SECRET (only `berth dev` accepts the default)"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli.role, config))
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// A process-unique name for leases and consumer groups.
+fn instance_name(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    format!("{role}-{host}-{}-{}", std::process::id(), &tag[..8])
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A shutdown future per role, all fired by one signal.
+fn shutdown_future(
+    rx: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+async fn ensure_database(url: &str) -> Result<()> {
+    let opts = PgConnectOptions::from_str(url).context("parsing database.url")?;
+    let name = opts.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = opts
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| {
+            format!("connecting to PostgreSQL at {url} (is it running? `make services` starts it)")
+        })?;
+    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut admin)
+        .await?;
+    if exists.is_none() {
+        // A database name cannot be a bind parameter; quote it as an identifier.
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))
+            .execute(&mut admin)
+            .await
+            .or_else(|e| match &e {
+                // Another process created it first.
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04") => {
+                    Ok(Default::default())
+                }
+                _ => Err(e),
+            })?;
+        info!(database = %name, "created database");
+    }
+    Ok(())
+}
+
+async fn connect_pg(config: &Config) -> Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(config.database.acquire_timeout)
+        .connect(&config.database.url)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", config.database.url))
+}
+
+async fn connect_redis(config: &Config) -> Result<Queue> {
+    Queue::connect(&config.redis.url, &config.redis.partition)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {} (is it running? `make services` starts it)",
+                config.redis.url
+            )
+        })
+}
+
+async fn migrate(config: &Config) -> Result<PgPool> {
+    ensure_database(&config.database.url).await?;
+    let pool = connect_pg(config).await?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}
+
+async fn run(role: Role, config: Config) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    match role {
+        Role::Migrate => {
+            migrate(&config).await?;
+            info!("migrations applied");
+            Ok(())
+        }
+        Role::Api => {
+            let pool = connect_pg(&config).await?;
+            let queue = connect_redis(&config).await?;
+            berth_api::bootstrap::ensure_platform_admin(&pool, &config.bootstrap)
+                .await
+                .context("bootstrapping (did you run `berth migrate`?)")?;
+            serve_api(pool, queue, config, &stop_rx).await
+        }
+        Role::Scheduler => {
+            let queue = connect_redis(&config).await?;
+            let stats = Arc::new(berth_scheduler::SchedulerStats::default());
+            berth_scheduler::run(
+                config.scheduler,
+                queue,
+                instance_name("scheduler"),
+                stats,
+                shutdown_future(&stop_rx),
+            )
+            .await?;
+            Ok(())
+        }
+        Role::Executor => {
+            let pool = connect_pg(&config).await?;
+            let queue = connect_redis(&config).await?;
+            let cluster: Arc<dyn Cluster> = Arc::new(SimCluster::new(&config.cluster));
+            run_executor(pool, queue, cluster, &config, &stop_rx).await
+        }
+        Role::Dev => run_dev(config, stop_rx).await,
+        Role::CheckConfig => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn serve_api(
+    pool: PgPool,
+    queue: Queue,
+    config: Config,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<()> {
+    let listen = config.api.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the API to {listen}"))?;
+    info!(address = %listener.local_addr()?, "API listening");
+    let state = berth_api::AppState::new(pool, queue, config).context("building the API")?;
+    berth_api::serve(listener, state, shutdown_future(stop_rx))
+        .await
+        .context("serving the API")
+}
+
+async fn run_executor(
+    pool: PgPool,
+    queue: Queue,
+    cluster: Arc<dyn Cluster>,
+    config: &Config,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<()> {
+    let name = instance_name("executor");
+    let publisher = tokio::spawn(berth_workers::nodes::run(
+        cluster.clone(),
+        queue.clone(),
+        Duration::from_secs(10),
+        shutdown_future(stop_rx),
+    ));
+    let reconciler = tokio::spawn(berth_workers::reconciler::run(
+        pool.clone(),
+        queue.clone(),
+        name.clone(),
+        config.executor.reconcile_interval,
+        shutdown_future(stop_rx),
+    ));
+    berth_workers::executor::run(
+        config.executor.clone(),
+        pool,
+        queue,
+        cluster,
+        name,
+        shutdown_future(stop_rx),
+    )
+    .await?;
+    let _ = publisher.await;
+    let _ = reconciler.await;
+    Ok(())
+}
+
+async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
+    let pool = migrate(&config).await?;
+    let queue = connect_redis(&config).await?;
+    berth_api::bootstrap::ensure_platform_admin(&pool, &config.bootstrap)
+        .await
+        .context("creating the platform admin")?;
+    berth_api::bootstrap::ensure_dev_accounts(&pool, &config.dev)
+        .await
+        .context("creating the demo accounts")?;
+
+    // The simulated cluster lives in this process: whatever ran before this start is gone.
+    // Redis is rebuilt from PostgreSQL, the system of record.
+    queue
+        .purge()
+        .await
+        .context("resetting the Redis partition")?;
+    let lost = sqlx::query(
+        "with lost as (
+            update tasks set status = 'failed', completed_at = now(), updated_at = now(),
+                   error_message = 'lost: berth dev restarted while the task was placed or running'
+            where status in ('scheduled', 'running') returning id, current_retry_count)
+         update task_executions e set status = 'failed', finished_at = now(), error_message = 'lost: berth dev restarted'
+         from lost where e.task_id = lost.id and e.attempt = coalesce(lost.current_retry_count, 0)
+           and e.status in ('scheduled', 'running')",
+    )
+    .execute(&pool)
+    .await?
+    .rows_affected();
+    if lost > 0 {
+        warn!(
+            tasks = lost,
+            "tasks that were running when berth dev last stopped are marked failed"
+        );
+    }
+    let cluster = Arc::new(SimCluster::new(&config.cluster));
+    berth_workers::nodes::publish_once(cluster.as_ref(), &queue).await?;
+    let requeued = berth_workers::reconciler::reconcile_once(&pool, &queue, Duration::ZERO).await?;
+    if requeued > 0 {
+        info!(tasks = requeued, "re-queued pending tasks");
+    }
+
+    let listen = config.api.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the API to {listen}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let nodes = config
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.count as usize)
+        .sum::<usize>();
+    println!(
+        "\nberth dev is up: API at {url}/v1, simulated cluster of {nodes} nodes\n  platform admin: tenant {} / user {} / password {}\n  demo user:      tenant {} / user {} / password {}\n  try: curl -s -X POST {url}/v1/auth/login -H 'content-type: application/json' -d '{{\"username\":\"{}\",\"password\":\"{}\"}}'\nPress Ctrl-C to stop.\n",
+        config.bootstrap.system_tenant,
+        config.bootstrap.admin_username,
+        config.bootstrap.admin_password,
+        config.dev.demo_tenant,
+        config.dev.demo_username,
+        config.dev.demo_password,
+        config.dev.demo_username,
+        config.dev.demo_password,
+    );
+
+    let stats = Arc::new(berth_scheduler::SchedulerStats::default());
+    let scheduler = tokio::spawn(berth_scheduler::run(
+        config.scheduler.clone(),
+        queue.clone(),
+        instance_name("scheduler"),
+        stats,
+        shutdown_future(&stop_rx),
+    ));
+    let executor = {
+        let (pool, queue, config, stop_rx) =
+            (pool.clone(), queue.clone(), config.clone(), stop_rx.clone());
+        let cluster: Arc<dyn Cluster> = cluster;
+        tokio::spawn(async move { run_executor(pool, queue, cluster, &config, &stop_rx).await })
+    };
+    let state = berth_api::AppState::new(pool, queue, config).context("building the API")?;
+    berth_api::serve(listener, state, shutdown_future(&stop_rx))
+        .await
+        .context("serving the API")?;
+    scheduler.await??;
+    executor.await??;
+    Ok(())
+}

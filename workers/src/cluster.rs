@@ -1,0 +1,93 @@
+//! The seam between berth and whatever runs its tasks.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use berth_core::{NodeView, Resources, Toleration};
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error("creating job {job} failed: {message}")]
+    JobCreateFailed { job: String, message: String },
+    #[error("deleting job {job} failed: {message}")]
+    JobDeleteFailed { job: String, message: String },
+    #[error("listing nodes failed: {0}")]
+    NodeListFailed(String),
+    #[error("the job event stream was already taken")]
+    EventsTaken,
+}
+
+/// Everything needed to create one attempt's Job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    /// `task-<id>-<attempt>`: deterministic, so a repeated create is recognisably the same Job.
+    pub name: String,
+    /// `tenant-<tenant name>`.
+    pub namespace: String,
+    pub task_id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub attempt: u32,
+    /// The node the scheduler chose; the Job is pinned to it.
+    pub node: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub requests: Resources,
+    pub limits: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+impl JobRequest {
+    pub fn job_name(task_id: Uuid, attempt: u32) -> String {
+        format!("task-{task_id}-{attempt}")
+    }
+
+    pub fn namespace_for(tenant: &str) -> String {
+        format!("tenant-{tenant}")
+    }
+}
+
+/// What happened to one attempt's Job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobPhase {
+    Running {
+        node: String,
+        at: DateTime<Utc>,
+    },
+    Succeeded {
+        at: DateTime<Utc>,
+    },
+    Failed {
+        exit_code: Option<i32>,
+        reason: String,
+        message: String,
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub phase: JobPhase,
+}
+
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// Creates the Job; an existing Job of the same name counts as success.
+    async fn create_job(&self, job: &JobRequest) -> Result<(), ClusterError>;
+    /// Deletes the Job and its pods; a missing Job counts as success.
+    async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), ClusterError>;
+    /// The stream of Job events. There is one: the executor takes it once.
+    fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError>;
+    /// Every node with the capacity berth may use (`requested` is ignored: the ledger owns it).
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError>;
+}

@@ -1,0 +1,543 @@
+//! The executor: bindings in, Jobs out, outcomes recorded.
+//!
+//! Two loops share one [`Executor`]: the binding loop reads the Redis binding stream (and
+//! takes over bindings a dead executor left unacknowledged), records the attempt and creates
+//! its Job; the event loop turns Job events into task states. Every step is idempotent, so a
+//! binding delivered twice creates one Job and one execution row.
+//!
+//! PostgreSQL is written before Redis: a crash between the two leaves a task whose Redis
+//! state is behind, which the reconciler repairs; never the reverse.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::config::ExecutorConfig;
+use berth_core::{Resources, TaskStatus, Toleration};
+use berth_queue::{Binding, Queue, QueueError, TaskEvent};
+use chrono::{DateTime, Utc};
+use rand::RngExt;
+use sqlx::PgPool;
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest};
+
+#[derive(Debug, Error)]
+pub enum ExecutorError {
+    #[error("queue operation failed")]
+    Queue(#[from] QueueError),
+    #[error("database operation failed")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("task {task} has malformed {field}: {message}")]
+    MalformedTask {
+        task: Uuid,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Bindings read per call.
+const READ_BATCH: usize = 64;
+/// How long one blocking read waits for new bindings; bounds how fast shutdown is noticed.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Executor {
+    pool: PgPool,
+    queue: Queue,
+    cluster: Arc<dyn Cluster>,
+    config: ExecutorConfig,
+    consumer: String,
+}
+
+/// The task fields an attempt needs.
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    tenant_name: String,
+    image: String,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    env_vars: Option<serde_json::Value>,
+    labels: Option<serde_json::Value>,
+    resource_requests: serde_json::Value,
+    resource_limits: serde_json::Value,
+    node_selector: Option<serde_json::Value>,
+    tolerations: Option<serde_json::Value>,
+    status: String,
+    current_retry_count: Option<i32>,
+}
+
+fn json_map(
+    task: Uuid,
+    field: &'static str,
+    v: Option<serde_json::Value>,
+) -> Result<BTreeMap<String, String>, ExecutorError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_value(v).map_err(|e| ExecutorError::MalformedTask {
+            task,
+            field,
+            message: e.to_string(),
+        }),
+    }
+}
+
+impl TaskRow {
+    fn job(self, binding: &Binding) -> Result<JobRequest, ExecutorError> {
+        let id = self.id;
+        let malformed = |field, message: String| ExecutorError::MalformedTask {
+            task: id,
+            field,
+            message,
+        };
+        let tolerations: Vec<Toleration> = match self.tolerations {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => {
+                serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?
+            }
+        };
+        Ok(JobRequest {
+            name: JobRequest::job_name(id, binding.attempt),
+            namespace: JobRequest::namespace_for(&self.tenant_name),
+            task_id: id,
+            tenant_id: self.tenant_id,
+            user_id: self.user_id,
+            attempt: binding.attempt,
+            node: binding.node.clone(),
+            image: self.image,
+            command: self.command.unwrap_or_default(),
+            args: self.args.unwrap_or_default(),
+            env: json_map(id, "env_vars", self.env_vars)?,
+            labels: json_map(id, "labels", self.labels)?,
+            requests: Resources::from_requirements_json(&self.resource_requests)
+                .map_err(|e| malformed("resource_requests", e))?,
+            limits: Resources::from_requirements_json(&self.resource_limits)
+                .map_err(|e| malformed("resource_limits", e))?,
+            node_selector: json_map(id, "node_selector", self.node_selector)?,
+            tolerations,
+        })
+    }
+}
+
+/// Runs the executor until `shutdown` resolves.
+pub async fn run(
+    config: ExecutorConfig,
+    pool: PgPool,
+    queue: Queue,
+    cluster: Arc<dyn Cluster>,
+    consumer: String,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ExecutorError> {
+    queue.ensure_binding_group().await?;
+    let events = cluster.take_events()?;
+    let executor = Arc::new(Executor {
+        pool,
+        queue,
+        cluster,
+        config,
+        consumer,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let bindings = tokio::spawn(executor.clone().binding_loop(stop_rx.clone()));
+    let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx));
+    info!(consumer = %executor.consumer, "executor started");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = bindings.await;
+    let _ = outcomes.await;
+    info!(consumer = %executor.consumer, "executor stopped");
+    Ok(())
+}
+
+impl Executor {
+    async fn binding_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let reader = loop {
+            match self.queue.dedicated(READ_BLOCK).await {
+                Ok(q) => break q,
+                Err(e) => {
+                    warn!(error = %e, "executor cannot open its binding connection");
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        };
+        let mut next_reclaim = tokio::time::Instant::now();
+        while !*stop.borrow() {
+            let batch = if tokio::time::Instant::now() >= next_reclaim {
+                next_reclaim = tokio::time::Instant::now() + self.config.claim_idle / 2;
+                reader
+                    .reclaim_bindings(&self.consumer, self.config.claim_idle, READ_BATCH)
+                    .await
+            } else {
+                // Not raced against `stop`: a read dropped midway could lose delivered entries
+                // to the pending list until another executor reclaims them.
+                reader
+                    .read_bindings(&self.consumer, READ_BATCH, READ_BLOCK)
+                    .await
+            };
+            match batch {
+                Ok(bindings) => {
+                    for b in bindings {
+                        match self.handle_binding(&b).await {
+                            Ok(()) => {
+                                if let Err(e) = self.queue.ack_binding(&b.entry_id).await {
+                                    warn!(error = %e, task = %b.task_id, "acknowledging binding failed");
+                                }
+                            }
+                            // Left unacknowledged: reclaimed and retried after claim_idle.
+                            Err(e) => {
+                                warn!(error = %e, source = ?std::error::Error::source(&e), task = %b.task_id, "handling binding failed")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading bindings failed");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    async fn event_loop(
+        self: Arc<Self>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let event = tokio::select! {
+                _ = stop.changed() => return,
+                e = events.recv() => match e { Some(e) => e, None => return },
+            };
+            // An outcome is retried until recorded: dropping it would strand the task.
+            let mut delay = ERROR_BACKOFF;
+            while let Err(e) = self.handle_event(&event).await {
+                warn!(error = %e, source = ?std::error::Error::source(&e), task = %event.task_id, "recording job event failed; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// Records the attempt, creates its Job. Safe to repeat.
+    pub async fn handle_binding(&self, b: &Binding) -> Result<(), ExecutorError> {
+        let row: Option<TaskRow> = sqlx::query_as(
+            "select t.id, t.tenant_id, t.user_id, n.name as tenant_name, t.image, t.command, t.args, t.env_vars,
+                    t.labels, t.resource_requests, t.resource_limits, t.node_selector, t.tolerations, t.status,
+                    t.current_retry_count
+             from tasks t join tenants n on n.id = t.tenant_id
+             where t.id = $1",
+        )
+        .bind(b.task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            // Deleted while queued: give back what the binding reserved.
+            self.queue.finish(b.task_id).await?;
+            return Ok(());
+        };
+        let status: TaskStatus =
+            row.status
+                .parse()
+                .map_err(
+                    |e: berth_core::task::UnknownStatus| ExecutorError::MalformedTask {
+                        task: b.task_id,
+                        field: "status",
+                        message: e.to_string(),
+                    },
+                )?;
+        let current = row.current_retry_count.unwrap_or(0).max(0) as u32;
+        if status.is_terminal() {
+            self.queue.finish(b.task_id).await?;
+            return Ok(());
+        }
+        if b.attempt != current {
+            debug!(task = %b.task_id, attempt = b.attempt, current, "stale binding ignored");
+            return Ok(());
+        }
+        let tenant_id = row.tenant_id;
+        let job = row.job(b)?;
+        let moved = sqlx::query(
+            "update tasks set status = 'scheduled', node_name = $2, k8s_job_name = $3, k8s_namespace = $4,
+                    not_before = null, updated_at = now()
+             where id = $1 and status = any($5) and coalesce(current_retry_count, 0) = $6",
+        )
+        .bind(b.task_id)
+        .bind(&b.node)
+        .bind(&job.name)
+        .bind(&job.namespace)
+        .bind(TaskStatus::sources_of(TaskStatus::Scheduled))
+        .bind(b.attempt as i32)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "insert into task_executions (task_id, execution_id, status, node_name, attempt)
+             values ($1, $2, 'scheduled', $3, $4)
+             on conflict (task_id, attempt) do nothing",
+        )
+        .bind(b.task_id)
+        .bind(&job.name)
+        .bind(&b.node)
+        .bind(b.attempt as i32)
+        .execute(&self.pool)
+        .await?;
+        if moved == 1 {
+            self.publish(
+                b.task_id,
+                tenant_id,
+                TaskStatus::Scheduled,
+                b.attempt,
+                Some(b.node.clone()),
+                None,
+            )
+            .await;
+        }
+        if let Err(e) = self.cluster.create_job(&job).await {
+            warn!(error = %e, task = %b.task_id, "job creation failed; failing the attempt");
+            let now = Utc::now();
+            self.attempt_failed(
+                b.task_id,
+                b.attempt,
+                None,
+                "JobCreateFailed",
+                &e.to_string(),
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records one Job event. Safe to repeat.
+    pub async fn handle_event(&self, e: &JobEvent) -> Result<(), ExecutorError> {
+        match &e.phase {
+            JobPhase::Running { node, at } => {
+                let r: Option<(Uuid,)> = sqlx::query_as(
+                    "update tasks set status = 'running', started_at = coalesce(started_at, $3), node_name = $4, updated_at = now()
+                     where id = $1 and status = any($5) and coalesce(current_retry_count, 0) = $2
+                     returning tenant_id",
+                )
+                .bind(e.task_id)
+                .bind(e.attempt as i32)
+                .bind(at)
+                .bind(node)
+                .bind(TaskStatus::sources_of(TaskStatus::Running))
+                .fetch_optional(&self.pool)
+                .await?;
+                sqlx::query(
+                    "update task_executions set status = 'running', started_at = coalesce(started_at, $3), node_name = $4
+                     where task_id = $1 and attempt = $2 and status = 'scheduled'",
+                )
+                .bind(e.task_id)
+                .bind(e.attempt as i32)
+                .bind(at)
+                .bind(node)
+                .execute(&self.pool)
+                .await?;
+                if let Some((tenant,)) = r {
+                    self.publish(
+                        e.task_id,
+                        tenant,
+                        TaskStatus::Running,
+                        e.attempt,
+                        Some(node.clone()),
+                        None,
+                    )
+                    .await;
+                }
+            }
+            JobPhase::Succeeded { at } => {
+                let mut tx = self.pool.begin().await?;
+                let r: Option<(Uuid,)> = sqlx::query_as(
+                    "update tasks set status = 'succeeded', completed_at = $3, started_at = coalesce(started_at, $3),
+                            error_message = null, updated_at = now()
+                     where id = $1 and status = any($4) and coalesce(current_retry_count, 0) = $2
+                     returning tenant_id",
+                )
+                .bind(e.task_id)
+                .bind(e.attempt as i32)
+                .bind(at)
+                .bind(TaskStatus::sources_of(TaskStatus::Succeeded))
+                .fetch_optional(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "update task_executions set status = 'succeeded', exit_code = 0, finished_at = $3,
+                            started_at = coalesce(started_at, $3)
+                     where task_id = $1 and attempt = $2 and status in ('scheduled', 'running')",
+                )
+                .bind(e.task_id)
+                .bind(e.attempt as i32)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                // Released even if PostgreSQL had already recorded it: a crash may have come
+                // between the two.
+                self.queue.finish(e.task_id).await?;
+                if let Some((tenant,)) = r {
+                    self.publish(
+                        e.task_id,
+                        tenant,
+                        TaskStatus::Succeeded,
+                        e.attempt,
+                        None,
+                        None,
+                    )
+                    .await;
+                }
+            }
+            JobPhase::Failed {
+                exit_code,
+                reason,
+                message,
+                at,
+            } => {
+                self.attempt_failed(e.task_id, e.attempt, *exit_code, reason, message, *at)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An attempt failed: retry it with backoff while retries remain, else fail the task.
+    async fn attempt_failed(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        exit_code: Option<i32>,
+        reason: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ExecutorError> {
+        let error = format!("{reason}: {message}");
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Uuid, Option<i32>, Option<i32>)> = sqlx::query_as(
+            "select tenant_id, current_retry_count, max_retry_count from tasks
+             where id = $1 and status in ('scheduled', 'running') and coalesce(current_retry_count, 0) = $2
+             for update",
+        )
+        .bind(task_id)
+        .bind(attempt as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query(
+            "update task_executions set status = 'failed', exit_code = $3, error_message = $4, finished_at = $5,
+                    started_at = coalesce(started_at, $5)
+             where task_id = $1 and attempt = $2 and status in ('scheduled', 'running')",
+        )
+        .bind(task_id)
+        .bind(attempt as i32)
+        .bind(exit_code)
+        .bind(&error)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let Some((tenant, current, max)) = row else {
+            // Already recorded (a repeated event) or the task moved on: only make sure Redis
+            // does not keep the reservation of a task that is no longer live.
+            tx.commit().await?;
+            let live: Option<(String,)> = sqlx::query_as("select status from tasks where id = $1")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if live.is_none_or(|(s,)| s.parse::<TaskStatus>().is_ok_and(TaskStatus::is_terminal)) {
+                self.queue.finish(task_id).await?;
+            }
+            return Ok(());
+        };
+        let (current, max) = (
+            current.unwrap_or(0).max(0) as u32,
+            max.unwrap_or(0).max(0) as u32,
+        );
+        if current < max {
+            let delay = self
+                .config
+                .retry
+                .delay(current, rand::rng().random::<f64>());
+            let not_before = at + chrono::Duration::from_std(delay).unwrap_or_default();
+            sqlx::query(
+                "update tasks set status = 'pending', current_retry_count = $2, not_before = $3, error_message = $4,
+                        node_name = null, updated_at = now()
+                 where id = $1",
+            )
+            .bind(task_id)
+            .bind(current as i32 + 1)
+            .bind(not_before)
+            .bind(&error)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            self.queue.retry(task_id, attempt, delay).await?;
+            info!(task = %task_id, attempt, retry_in = ?delay, %error, "attempt failed; retrying");
+            self.publish(
+                task_id,
+                tenant,
+                TaskStatus::Pending,
+                attempt + 1,
+                None,
+                Some(error),
+            )
+            .await;
+        } else {
+            sqlx::query(
+                "update tasks set status = 'failed', completed_at = $2, error_message = $3, updated_at = now() where id = $1",
+            )
+            .bind(task_id)
+            .bind(at)
+            .bind(&error)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            self.queue.finish(task_id).await?;
+            info!(task = %task_id, attempt, %error, "task failed");
+            self.publish(
+                task_id,
+                tenant,
+                TaskStatus::Failed,
+                attempt,
+                None,
+                Some(error),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Events are best effort: a lost event never loses a task, PostgreSQL has the state.
+    async fn publish(
+        &self,
+        task_id: Uuid,
+        tenant_id: Uuid,
+        status: TaskStatus,
+        attempt: u32,
+        node: Option<String>,
+        message: Option<String>,
+    ) {
+        let ev = TaskEvent {
+            task_id,
+            tenant_id,
+            status,
+            attempt,
+            node,
+            message,
+        };
+        if let Err(e) = self.queue.publish_event(&ev).await {
+            warn!(error = %e, task = %task_id, "publishing task event failed");
+        }
+    }
+}

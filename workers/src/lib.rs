@@ -1,0 +1,20 @@
+//! berth's workers: they turn bindings into running Jobs and Job outcomes into task states.
+//!
+//! - [`cluster`]: the [`Cluster`] seam (create/delete Job, Job events, nodes) and its types.
+//! - [`sim`]: [`SimCluster`], in-process nodes whose tasks run for the duration in their
+//!   `berth.io/sim-duration` label and exit with `berth.io/sim-exit-code` (DESIGN.md §7).
+//! - [`executor`]: [`executor::run`], reading bindings from Redis, creating one Job per
+//!   attempt, recording each transition in PostgreSQL, retrying failures with backoff.
+//! - [`nodes`]: the node publisher, keeping the Redis ledger's capacity in step with the cluster.
+//! - [`reconciler`]: enqueues pending tasks that Redis does not know (PostgreSQL is the truth).
+//!
+//! Start at [`executor::run`].
+
+pub mod cluster;
+pub mod executor;
+pub mod nodes;
+pub mod reconciler;
+pub mod sim;
+
+pub use cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest};
+pub use sim::SimCluster;
