@@ -17,11 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "A multi-tenant compute platform on Kubernetes"
-)]
+#[command(name = "berth", version, about = "A multi-tenant compute platform on Kubernetes")]
 struct Cli {
     /// Configuration file (TOML). Default: ./berth.toml if it exists, else built-in defaults.
     #[arg(long, short, global = true, env = "BERTH_CONFIG")]
@@ -57,22 +53,16 @@ fn main() -> Result<()> {
     let config = Config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&config);
     if cli.role == Role::CheckConfig {
-        println!(
-            "{}",
-            toml::to_string_pretty(&config).context("printing the configuration")?
-        );
+        println!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
         return Ok(());
     }
-    if !matches!(cli.role, Role::Dev | Role::Migrate | Role::Scheduler)
-        && config.auth.jwt_secret == DEFAULT_JWT_SECRET
+    if !matches!(cli.role, Role::Dev | Role::Migrate | Role::Scheduler) && config.auth.jwt_secret == DEFAULT_JWT_SECRET
     {
         bail!(
             "auth.jwt_secret is the public development default; set auth.jwt_secret in the config file or BERTH_AUTH__JWT_SECRET (only `berth dev` accepts the default)"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli.role, config))
 }
 
@@ -103,8 +93,8 @@ async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -112,9 +102,7 @@ async fn signal() {
 }
 
 /// A shutdown future per role, all fired by one signal.
-fn shutdown_future(
-    rx: &watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+fn shutdown_future(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -129,26 +117,19 @@ async fn ensure_database(url: &str) -> Result<()> {
         .database("postgres")
         .connect()
         .await
-        .with_context(|| {
-            format!("connecting to PostgreSQL at {url} (is it running? `make services` starts it)")
-        })?;
-    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1")
-        .bind(&name)
-        .fetch_optional(&mut admin)
-        .await?;
+        .with_context(|| format!("connecting to PostgreSQL at {url} (is it running? `make services` starts it)"))?;
+    let exists: Option<(i32,)> =
+        sqlx::query_as("select 1 from pg_database where datname = $1").bind(&name).fetch_optional(&mut admin).await?;
     if exists.is_none() {
         // A database name cannot be a bind parameter; quote it as an identifier.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))
-            .execute(&mut admin)
-            .await
-            .or_else(|e| match &e {
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}"))).execute(&mut admin).await.or_else(
+            |e| match &e {
                 // Another process created it first.
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04") => {
-                    Ok(Default::default())
-                }
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04") => Ok(Default::default()),
                 _ => Err(e),
-            })?;
+            },
+        )?;
         info!(database = %name, "created database");
     }
     Ok(())
@@ -164,14 +145,9 @@ async fn connect_pg(config: &Config) -> Result<PgPool> {
 }
 
 async fn connect_redis(config: &Config) -> Result<Queue> {
-    Queue::connect(&config.redis.url, &config.redis.partition)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to Redis at {} (is it running? `make services` starts it)",
-                config.redis.url
-            )
-        })
+    Queue::connect(&config.redis.url, &config.redis.partition).await.with_context(|| {
+        format!("connecting to Redis at {} (is it running? `make services` starts it)", config.redis.url)
+    })
 }
 
 async fn migrate(config: &Config) -> Result<PgPool> {
@@ -205,14 +181,8 @@ async fn run(role: Role, config: Config) -> Result<()> {
         Role::Scheduler => {
             let queue = connect_redis(&config).await?;
             let stats = Arc::new(berth_scheduler::SchedulerStats::default());
-            berth_scheduler::run(
-                config.scheduler,
-                queue,
-                instance_name("scheduler"),
-                stats,
-                shutdown_future(&stop_rx),
-            )
-            .await?;
+            berth_scheduler::run(config.scheduler, queue, instance_name("scheduler"), stats, shutdown_future(&stop_rx))
+                .await?;
             Ok(())
         }
         Role::Executor => {
@@ -226,21 +196,13 @@ async fn run(role: Role, config: Config) -> Result<()> {
     }
 }
 
-async fn serve_api(
-    pool: PgPool,
-    queue: Queue,
-    config: Config,
-    stop_rx: &watch::Receiver<bool>,
-) -> Result<()> {
+async fn serve_api(pool: PgPool, queue: Queue, config: Config, stop_rx: &watch::Receiver<bool>) -> Result<()> {
     let listen = config.api.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the API to {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
     info!(address = %listener.local_addr()?, "API listening");
     let state = berth_api::AppState::new(pool, queue, config).context("building the API")?;
-    berth_api::serve(listener, state, shutdown_future(stop_rx))
-        .await
-        .context("serving the API")
+    berth_api::serve(listener, state, shutdown_future(stop_rx)).await.context("serving the API")
 }
 
 async fn run_executor(
@@ -264,15 +226,7 @@ async fn run_executor(
         config.executor.reconcile_interval,
         shutdown_future(stop_rx),
     ));
-    berth_workers::executor::run(
-        config.executor.clone(),
-        pool,
-        queue,
-        cluster,
-        name,
-        shutdown_future(stop_rx),
-    )
-    .await?;
+    berth_workers::executor::run(config.executor.clone(), pool, queue, cluster, name, shutdown_future(stop_rx)).await?;
     let _ = publisher.await;
     let _ = reconciler.await;
     Ok(())
@@ -284,16 +238,11 @@ async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
     berth_api::bootstrap::ensure_platform_admin(&pool, &config.bootstrap)
         .await
         .context("creating the platform admin")?;
-    berth_api::bootstrap::ensure_dev_accounts(&pool, &config.dev)
-        .await
-        .context("creating the demo accounts")?;
+    berth_api::bootstrap::ensure_dev_accounts(&pool, &config.dev).await.context("creating the demo accounts")?;
 
     // The simulated cluster lives in this process: whatever ran before this start is gone.
     // Redis is rebuilt from PostgreSQL, the system of record.
-    queue
-        .purge()
-        .await
-        .context("resetting the Redis partition")?;
+    queue.purge().await.context("resetting the Redis partition")?;
     let lost = sqlx::query(
         "with lost as (
             update tasks set status = 'failed', completed_at = now(), updated_at = now(),
@@ -307,10 +256,7 @@ async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
     .await?
     .rows_affected();
     if lost > 0 {
-        warn!(
-            tasks = lost,
-            "tasks that were running when berth dev last stopped are marked failed"
-        );
+        warn!(tasks = lost, "tasks that were running when berth dev last stopped are marked failed");
     }
     let cluster = Arc::new(SimCluster::new(&config.cluster));
     berth_workers::nodes::publish_once(cluster.as_ref(), &queue).await?;
@@ -320,16 +266,10 @@ async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
     }
 
     let listen = config.api.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the API to {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let nodes = config
-        .cluster
-        .nodes
-        .iter()
-        .map(|n| n.count as usize)
-        .sum::<usize>();
+    let nodes = config.cluster.nodes.iter().map(|n| n.count as usize).sum::<usize>();
     println!(
         "\nberth dev is up: API at {url}/v1, simulated cluster of {nodes} nodes\n  platform admin: tenant {} / user {} / password {}\n  demo user:      tenant {} / user {} / password {}\n  try: curl -s -X POST {url}/v1/auth/login -H 'content-type: application/json' -d '{{\"username\":\"{}\",\"password\":\"{}\"}}'\nPress Ctrl-C to stop.\n",
         config.bootstrap.system_tenant,
@@ -351,15 +291,12 @@ async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
         shutdown_future(&stop_rx),
     ));
     let executor = {
-        let (pool, queue, config, stop_rx) =
-            (pool.clone(), queue.clone(), config.clone(), stop_rx.clone());
+        let (pool, queue, config, stop_rx) = (pool.clone(), queue.clone(), config.clone(), stop_rx.clone());
         let cluster: Arc<dyn Cluster> = cluster;
         tokio::spawn(async move { run_executor(pool, queue, cluster, &config, &stop_rx).await })
     };
     let state = berth_api::AppState::new(pool, queue, config).context("building the API")?;
-    berth_api::serve(listener, state, shutdown_future(&stop_rx))
-        .await
-        .context("serving the API")?;
+    berth_api::serve(listener, state, shutdown_future(&stop_rx)).await.context("serving the API")?;
     scheduler.await??;
     executor.await??;
     Ok(())

@@ -74,19 +74,17 @@ impl AuthKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                ApiError::Unauthorized(
-                    match e.kind() {
-                        ErrorKind::ExpiredSignature => "token expired",
-                        ErrorKind::InvalidSignature => "token signature invalid",
-                        _ => "token malformed",
-                    }
-                    .into(),
-                )
-            })
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            ApiError::Unauthorized(
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::InvalidSignature => "token signature invalid",
+                    _ => "token malformed",
+                }
+                .into(),
+            )
+        })
     }
 }
 
@@ -104,11 +102,7 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 
 /// Constant-work check of a password against a PHC string; a malformed hash never matches.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 /// The claims of an access token.
@@ -136,32 +130,20 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::Unauthorized("missing Authorization header".into()))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::Unauthorized("Authorization header is not text".into()))?;
+        let value = header.to_str().map_err(|_| ApiError::Unauthorized("Authorization header is not text".into()))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("expected 'Authorization: Bearer <token>'".into())
-            })?;
+            .ok_or_else(|| ApiError::Unauthorized("expected 'Authorization: Bearer <token>'".into()))?;
         let c = state.auth.verify(token)?;
-        Ok(Caller {
-            user_id: c.sub,
-            tenant_id: c.tid,
-            tenant: c.tenant,
-            role: c.role,
-        })
+        Ok(Caller { user_id: c.sub, tenant_id: c.tid, tenant: c.tenant, role: c.role })
     }
 }
 
@@ -291,8 +273,7 @@ async fn login(
 
     let access_token = s.auth.issue(user)?;
     let refresh_token = new_refresh_token();
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(s.auth.refresh_ttl).unwrap_or(chrono::Duration::days(30));
+    let expires_at = Utc::now() + chrono::Duration::from_std(s.auth.refresh_ttl).unwrap_or(chrono::Duration::days(30));
     let mut tx = s.pool.begin().await?;
     sqlx::query("insert into refresh_tokens (user_id, family_id, token_hash, expires_at) values ($1, $2, $3, $4)")
         .bind(user.id)
@@ -301,10 +282,7 @@ async fn login(
         .bind(expires_at)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("update users set last_login_at = now() where id = $1")
-        .bind(user.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("update users set last_login_at = now() where id = $1").bind(user.id).execute(&mut *tx).await?;
     tx.commit().await?;
     tracing::info!(user = %user.id, tenant = %user.tenant_name, "login");
     Ok(Json(LoginResponse {
@@ -364,14 +342,9 @@ mod tests {
         let c = keys.verify(&t).unwrap();
         assert_eq!((c.sub, c.tid, c.role.as_str()), (u.id, u.tenant_id, "user"));
 
-        let other = AuthKeys::new(&AuthConfig {
-            jwt_secret: "another-secret-of-16+".into(),
-            ..AuthConfig::default()
-        })
-        .unwrap();
-        assert!(
-            matches!(other.verify(&t), Err(ApiError::Unauthorized(m)) if m == "token signature invalid")
-        );
+        let other =
+            AuthKeys::new(&AuthConfig { jwt_secret: "another-secret-of-16+".into(), ..AuthConfig::default() }).unwrap();
+        assert!(matches!(other.verify(&t), Err(ApiError::Unauthorized(m)) if m == "token signature invalid"));
         assert!(keys.verify("not.a.token").is_err());
     }
 
@@ -389,8 +362,7 @@ mod tests {
             iss: ISSUER.into(),
             jti: Uuid::nil(),
         };
-        let t =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert!(matches!(keys.verify(&t), Err(ApiError::Unauthorized(m)) if m == "token expired"));
     }
 }

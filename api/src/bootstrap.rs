@@ -9,22 +9,16 @@ use crate::auth::hash_password;
 use crate::error::ApiError;
 
 /// Creates the tenant if missing; returns its id.
-pub async fn ensure_tenant(
-    pool: &PgPool,
-    name: &str,
-    display_name: &str,
-    description: &str,
-) -> Result<Uuid, ApiError> {
-    sqlx::query("insert into tenants (name, display_name, description) values ($1, $2, $3) on conflict (name) do nothing")
-        .bind(name)
-        .bind(display_name)
-        .bind(description)
-        .execute(pool)
-        .await?;
-    let (id,): (Uuid,) = sqlx::query_as("select id from tenants where name = $1")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+pub async fn ensure_tenant(pool: &PgPool, name: &str, display_name: &str, description: &str) -> Result<Uuid, ApiError> {
+    sqlx::query(
+        "insert into tenants (name, display_name, description) values ($1, $2, $3) on conflict (name) do nothing",
+    )
+    .bind(name)
+    .bind(display_name)
+    .bind(description)
+    .execute(pool)
+    .await?;
+    let (id,): (Uuid,) = sqlx::query_as("select id from tenants where name = $1").bind(name).fetch_one(pool).await?;
     Ok(id)
 }
 
@@ -37,12 +31,11 @@ pub async fn ensure_user(
     password: &str,
     role: &str,
 ) -> Result<bool, ApiError> {
-    let exists: Option<(Uuid,)> =
-        sqlx::query_as("select id from users where tenant_id = $1 and username = $2")
-            .bind(tenant_id)
-            .bind(username)
-            .fetch_optional(pool)
-            .await?;
+    let exists: Option<(Uuid,)> = sqlx::query_as("select id from users where tenant_id = $1 and username = $2")
+        .bind(tenant_id)
+        .bind(username)
+        .fetch_optional(pool)
+        .await?;
     if exists.is_some() {
         return Ok(false);
     }
@@ -73,16 +66,7 @@ pub async fn ensure_user(
 /// The built-in `system` tenant and its admin, whose admin role administers the platform.
 pub async fn ensure_platform_admin(pool: &PgPool, b: &BootstrapConfig) -> Result<(), ApiError> {
     let tenant = ensure_tenant(pool, &b.system_tenant, "System", "Platform administration").await?;
-    if ensure_user(
-        pool,
-        tenant,
-        &b.admin_username,
-        &b.admin_email,
-        &b.admin_password,
-        "admin",
-    )
-    .await?
-    {
+    if ensure_user(pool, tenant, &b.admin_username, &b.admin_email, &b.admin_password, "admin").await? {
         tracing::info!(tenant = %b.system_tenant, user = %b.admin_username, "created the platform admin");
     }
     Ok(())
@@ -91,16 +75,7 @@ pub async fn ensure_platform_admin(pool: &PgPool, b: &BootstrapConfig) -> Result
 /// The demo tenant and user of `berth dev`.
 pub async fn ensure_dev_accounts(pool: &PgPool, d: &DevConfig) -> Result<(), ApiError> {
     let tenant = ensure_tenant(pool, &d.demo_tenant, "Demo", "Created by berth dev").await?;
-    if ensure_user(
-        pool,
-        tenant,
-        &d.demo_username,
-        &d.demo_email,
-        &d.demo_password,
-        "user",
-    )
-    .await?
-    {
+    if ensure_user(pool, tenant, &d.demo_username, &d.demo_email, &d.demo_password, "user").await? {
         tracing::info!(tenant = %d.demo_tenant, user = %d.demo_username, "created the demo user");
     }
     Ok(())

@@ -19,10 +19,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+        FieldError { field: field.into(), message: message.into() }
     }
 }
 
@@ -30,10 +27,7 @@ impl FieldError {
 pub enum ApiError {
     /// The request is malformed or a field is invalid: 400, naming every bad field.
     #[error("invalid request: {error}")]
-    BadRequest {
-        error: String,
-        fields: Vec<FieldError>,
-    },
+    BadRequest { error: String, fields: Vec<FieldError> },
     /// Missing, malformed, expired or forged credentials: 401.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -61,10 +55,7 @@ impl ApiError {
     }
 
     pub fn invalid(fields: Vec<FieldError>) -> ApiError {
-        ApiError::BadRequest {
-            error: "Invalid request body".into(),
-            fields,
-        }
+        ApiError::BadRequest { error: "Invalid request body".into(), fields }
     }
 
     pub fn status_code(&self) -> StatusCode {
@@ -76,20 +67,15 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn body(&self) -> Value {
         match self {
             ApiError::BadRequest { error, fields } => {
-                let details = fields
-                    .iter()
-                    .map(|f| format!("{}: {}", f.field, f.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let details =
+                    fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ");
                 json!({ "error": error, "details": details, "fields": fields })
             }
             ApiError::Unauthorized(why) => {

@@ -16,12 +16,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest {
-                error: "Invalid request body".into(),
-                fields: vec![crate::error::FieldError::new("(body)", e.body_text())],
-            })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| ApiError::BadRequest {
+            error: "Invalid request body".into(),
+            fields: vec![crate::error::FieldError::new("(body)", e.body_text())],
+        })?;
         parse_json(&bytes).map(ValidJson)
     }
 }
@@ -37,15 +35,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let msg = inner.to_string();
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         // "missing field `name`" is reported at the parent; name the field itself.
-        if let Some(name) = msg
-            .strip_prefix("missing field `")
-            .and_then(|m| m.strip_suffix('`'))
-        {
-            let field = if at_root {
-                name.to_string()
-            } else {
-                format!("{path}.{name}")
-            };
+        if let Some(name) = msg.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+            let field = if at_root { name.to_string() } else { format!("{path}.{name}") };
             return ApiError::field(field, "is required");
         }
         if inner.is_syntax() || inner.is_eof() {

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 /// The process is alive and serving.
@@ -24,14 +22,7 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let pg = sqlx::query("select 1").execute(&s.pool).await.is_ok();
     let redis = s.queue.ping().await.is_ok();
-    let status = if pg && redis {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if pg && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
-    (
-        status,
-        Json(json!({ "status": word(pg && redis), "postgres": word(pg), "redis": word(redis) })),
-    )
+    (status, Json(json!({ "status": word(pg && redis), "postgres": word(pg), "redis": word(redis) })))
 }

@@ -41,18 +41,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        pool: PgPool,
-        queue: Queue,
-        config: Config,
-    ) -> Result<AppState, jsonwebtoken::errors::Error> {
+    pub fn new(pool: PgPool, queue: Queue, config: Config) -> Result<AppState, jsonwebtoken::errors::Error> {
         let auth = Arc::new(auth::AuthKeys::new(&config.auth)?);
-        Ok(AppState {
-            pool,
-            queue,
-            auth,
-            config: Arc::new(config),
-        })
+        Ok(AppState { pool, queue, auth, config: Arc::new(config) })
     }
 }
 
@@ -83,7 +74,5 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

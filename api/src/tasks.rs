@@ -11,9 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use berth_core::{
-    Resources, SchedulingSpec, TaskStatus, Toleration, TolerationOperator, quantity, sim, validate,
-};
+use berth_core::{Resources, SchedulingSpec, TaskStatus, Toleration, TolerationOperator, quantity, sim, validate};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -26,9 +24,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::ValidJson;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tasks", get(list).post(create))
-        .route("/tasks/{id}", get(get_one))
+    Router::new().route("/tasks", get(list).post(create)).route("/tasks/{id}", get(get_one))
 }
 
 /// Retries of a failed attempt when the request names none (the seed's default).
@@ -127,11 +123,7 @@ pub struct ValidTask {
     pub max_retry_count: i32,
 }
 
-fn check_requirements(
-    path: &str,
-    r: &ResourceRequirements,
-    errs: &mut Vec<FieldError>,
-) -> (Resources, Value) {
+fn check_requirements(path: &str, r: &ResourceRequirements, errs: &mut Vec<FieldError>) -> (Resources, Value) {
     let mut out = Resources::ZERO;
     let mut stored = serde_json::Map::new();
     if let Some(q) = &r.cpu {
@@ -152,10 +144,7 @@ fn check_requirements(
     }
     let gpu = r.gpu.unwrap_or(0);
     if !(0..=MAX_GPU).contains(&gpu) {
-        errs.push(FieldError::new(
-            format!("{path}.gpu"),
-            format!("must be between 0 and {MAX_GPU}"),
-        ));
+        errs.push(FieldError::new(format!("{path}.gpu"), format!("must be between 0 and {MAX_GPU}")));
     } else {
         out.gpu = gpu as u64;
     }
@@ -165,10 +154,7 @@ fn check_requirements(
 
 fn check_map(path: &str, m: &BTreeMap<String, String>, errs: &mut Vec<FieldError>) {
     if m.len() > MAX_MAP_ENTRIES {
-        errs.push(FieldError::new(
-            path,
-            format!("must have at most {MAX_MAP_ENTRIES} entries"),
-        ));
+        errs.push(FieldError::new(path, format!("must have at most {MAX_MAP_ENTRIES} entries")));
     }
     for (k, v) in m {
         if let Err(e) = validate::label_key(k) {
@@ -182,23 +168,14 @@ fn check_map(path: &str, m: &BTreeMap<String, String>, errs: &mut Vec<FieldError
 
 fn check_strings(path: &str, v: &[String], errs: &mut Vec<FieldError>) {
     if v.len() > MAX_LIST_ITEMS {
-        errs.push(FieldError::new(
-            path,
-            format!("must have at most {MAX_LIST_ITEMS} items"),
-        ));
+        errs.push(FieldError::new(path, format!("must have at most {MAX_LIST_ITEMS} items")));
     }
     for (i, s) in v.iter().enumerate() {
         if s.len() > MAX_ITEM_BYTES {
-            errs.push(FieldError::new(
-                format!("{path}[{i}]"),
-                format!("must be at most {MAX_ITEM_BYTES} bytes"),
-            ));
+            errs.push(FieldError::new(format!("{path}[{i}]"), format!("must be at most {MAX_ITEM_BYTES} bytes")));
         }
         if s.contains('\0') {
-            errs.push(FieldError::new(
-                format!("{path}[{i}]"),
-                "must not contain NUL",
-            ));
+            errs.push(FieldError::new(format!("{path}[{i}]"), "must not contain NUL"));
         }
     }
 }
@@ -209,38 +186,21 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
     if let Err(e) = validate::dns_subdomain(&req.name) {
         errs.push(FieldError::new("name", e));
     }
-    if req
-        .description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION || d.contains('\0'))
-    {
-        errs.push(FieldError::new(
-            "description",
-            format!("must be at most {MAX_DESCRIPTION} characters, without NUL"),
-        ));
+    if req.description.as_ref().is_some_and(|d| d.chars().count() > MAX_DESCRIPTION || d.contains('\0')) {
+        errs.push(FieldError::new("description", format!("must be at most {MAX_DESCRIPTION} characters, without NUL")));
     }
     if let Err(e) = validate::image_reference(&req.image) {
         errs.push(FieldError::new("image", e));
     }
-    check_strings(
-        "command",
-        req.command.as_deref().unwrap_or_default(),
-        &mut errs,
-    );
+    check_strings("command", req.command.as_deref().unwrap_or_default(), &mut errs);
     check_strings("args", req.args.as_deref().unwrap_or_default(), &mut errs);
     if let Some(env) = &req.env_vars {
         if env.len() > MAX_ENV {
-            errs.push(FieldError::new(
-                "env_vars",
-                format!("must have at most {MAX_ENV} entries"),
-            ));
+            errs.push(FieldError::new("env_vars", format!("must have at most {MAX_ENV} entries")));
         }
         for (k, v) in env {
             if let Err(e) = validate::env_var_name(k) {
-                errs.push(FieldError::new(
-                    format!("env_vars.{k}"),
-                    format!("name {e}"),
-                ));
+                errs.push(FieldError::new(format!("env_vars.{k}"), format!("name {e}")));
             }
             if v.len() > MAX_ENV_VALUE || v.contains('\0') {
                 errs.push(FieldError::new(
@@ -250,31 +210,18 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
             }
         }
     }
-    let (requests, requests_json) =
-        check_requirements("resource_requests", &req.resource_requests, &mut errs);
+    let (requests, requests_json) = check_requirements("resource_requests", &req.resource_requests, &mut errs);
     let (limits, limits_json) = match &req.resource_limits {
         Some(l) => check_requirements("resource_limits", l, &mut errs),
         None => (Resources::ZERO, json!({})),
     };
     if let Some(l) = &req.resource_limits {
         // Kubernetes requires limit ≥ request for each resource that has both.
-        if l.cpu.is_some()
-            && req.resource_requests.cpu.is_some()
-            && limits.cpu_millis < requests.cpu_millis
-        {
-            errs.push(FieldError::new(
-                "resource_limits.cpu",
-                "must not be less than resource_requests.cpu",
-            ));
+        if l.cpu.is_some() && req.resource_requests.cpu.is_some() && limits.cpu_millis < requests.cpu_millis {
+            errs.push(FieldError::new("resource_limits.cpu", "must not be less than resource_requests.cpu"));
         }
-        if l.memory.is_some()
-            && req.resource_requests.memory.is_some()
-            && limits.memory_bytes < requests.memory_bytes
-        {
-            errs.push(FieldError::new(
-                "resource_limits.memory",
-                "must not be less than resource_requests.memory",
-            ));
+        if l.memory.is_some() && req.resource_requests.memory.is_some() && limits.memory_bytes < requests.memory_bytes {
+            errs.push(FieldError::new("resource_limits.memory", "must not be less than resource_requests.memory"));
         }
         if l.gpu.is_some() && limits.gpu != requests.gpu {
             errs.push(FieldError::new(
@@ -288,18 +235,12 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
         if let Some(v) = labels.get(sim::DURATION_LABEL)
             && let Err(e) = sim::parse_duration(v)
         {
-            errs.push(FieldError::new(
-                format!("labels.{}", sim::DURATION_LABEL),
-                e,
-            ));
+            errs.push(FieldError::new(format!("labels.{}", sim::DURATION_LABEL), e));
         }
         if let Some(v) = labels.get(sim::EXIT_CODE_LABEL)
             && let Err(e) = sim::parse_exit_code(v)
         {
-            errs.push(FieldError::new(
-                format!("labels.{}", sim::EXIT_CODE_LABEL),
-                e,
-            ));
+            errs.push(FieldError::new(format!("labels.{}", sim::EXIT_CODE_LABEL), e));
         }
     }
     if let Some(sel) = &req.node_selector {
@@ -307,10 +248,7 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
     }
     if let Some(tols) = &req.tolerations {
         if tols.len() > MAX_MAP_ENTRIES {
-            errs.push(FieldError::new(
-                "tolerations",
-                format!("must have at most {MAX_MAP_ENTRIES} items"),
-            ));
+            errs.push(FieldError::new("tolerations", format!("must have at most {MAX_MAP_ENTRIES} items")));
         }
         for (i, t) in tols.iter().enumerate() {
             if !t.key.is_empty()
@@ -326,10 +264,7 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
                     ));
                 }
                 TolerationOperator::Equal if t.key.is_empty() => {
-                    errs.push(FieldError::new(
-                        format!("tolerations[{i}].key"),
-                        "must be set when operator is Equal",
-                    ));
+                    errs.push(FieldError::new(format!("tolerations[{i}].key"), "must be set when operator is Equal"));
                 }
                 TolerationOperator::Equal => {
                     if let Err(e) = validate::label_value(&t.value) {
@@ -346,27 +281,18 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
     }
     let max_retry_count = req.max_retry_count.unwrap_or(DEFAULT_MAX_RETRIES);
     if !(0..=MAX_RETRIES).contains(&max_retry_count) {
-        errs.push(FieldError::new(
-            "max_retry_count",
-            format!("must be between 0 and {MAX_RETRIES}"),
-        ));
+        errs.push(FieldError::new("max_retry_count", format!("must be between 0 and {MAX_RETRIES}")));
     }
     if let Some(vols) = &req.volumes {
         if vols.len() > MAX_VOLUMES {
-            errs.push(FieldError::new(
-                "volumes",
-                format!("must have at most {MAX_VOLUMES} items"),
-            ));
+            errs.push(FieldError::new("volumes", format!("must have at most {MAX_VOLUMES} items")));
         }
         let (mut names, mut paths) = (BTreeSet::new(), BTreeSet::new());
         for (i, v) in vols.iter().enumerate() {
             if let Err(e) = validate::dns_subdomain(&v.name) {
                 errs.push(FieldError::new(format!("volumes[{i}].name"), e));
             } else if !names.insert(v.name.as_str()) {
-                errs.push(FieldError::new(
-                    format!("volumes[{i}].name"),
-                    "is mounted twice",
-                ));
+                errs.push(FieldError::new(format!("volumes[{i}].name"), "is mounted twice"));
             }
             let p = &v.mount_path;
             let ok = p.starts_with('/')
@@ -379,10 +305,7 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
                     format!("must be an absolute path of at most {MAX_MOUNT_PATH} characters without '..' or ':'"),
                 ));
             } else if !paths.insert(p.trim_end_matches('/')) {
-                errs.push(FieldError::new(
-                    format!("volumes[{i}].mount_path"),
-                    "is used twice",
-                ));
+                errs.push(FieldError::new(format!("volumes[{i}].mount_path"), "is used twice"));
             }
         }
     }
@@ -432,7 +355,8 @@ pub struct Task {
     pub not_before: Option<DateTime<Utc>>,
 }
 
-const TASK_COLUMNS: &str = "id, tenant_id, user_id, name, description, image, command, args, env_vars, resource_requests,
+const TASK_COLUMNS: &str =
+    "id, tenant_id, user_id, name, description, image, command, args, env_vars, resource_requests,
     resource_limits, volumes, labels, status, k8s_job_name, k8s_namespace, node_selector, tolerations, priority,
     max_retry_count, current_retry_count, created_at, updated_at, started_at, completed_at, error_message,
     node_name, not_before";
@@ -450,27 +374,27 @@ async fn create(
     let mut volume_ids = Vec::with_capacity(mounts.len());
     let mut missing = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
-        let found: Option<(Uuid,)> =
-            sqlx::query_as("select id from volumes where tenant_id = $1 and name = $2")
-                .bind(caller.tenant_id)
-                .bind(&m.name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let found: Option<(Uuid,)> = sqlx::query_as("select id from volumes where tenant_id = $1 and name = $2")
+            .bind(caller.tenant_id)
+            .bind(&m.name)
+            .fetch_optional(&mut *tx)
+            .await?;
         match found {
             Some((vid,)) => volume_ids.push(vid),
-            None => missing.push(FieldError::new(
-                format!("volumes[{i}].name"),
-                format!("volume {:?} not found", m.name),
-            )),
+            None => {
+                missing.push(FieldError::new(format!("volumes[{i}].name"), format!("volume {:?} not found", m.name)))
+            }
         }
     }
     if !missing.is_empty() {
         return Err(ApiError::invalid(missing));
     }
-    let volumes_json = json!(mounts
-        .iter()
-        .map(|m| json!({ "name": m.name, "mount_path": m.mount_path, "read_only": m.read_only.unwrap_or(false) }))
-        .collect::<Vec<_>>());
+    let volumes_json = json!(
+        mounts
+            .iter()
+            .map(|m| json!({ "name": m.name, "mount_path": m.mount_path, "read_only": m.read_only.unwrap_or(false) }))
+            .collect::<Vec<_>>()
+    );
     let r = &v.req;
     let task: Task = sqlx::query_as(AssertSqlSafe(format!(
         "insert into tasks (id, tenant_id, user_id, name, description, image, command, args, env_vars,
@@ -502,7 +426,9 @@ async fn create(
     .await
     .map_err(|e| match &e {
         // The user was deleted while its token lived: the token no longer names anyone.
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::Unauthorized("the token's user no longer exists".into()),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+            ApiError::Unauthorized("the token's user no longer exists".into())
+        }
         _ => ApiError::Database(e),
     })?;
     for (m, vid) in mounts.iter().zip(&volume_ids) {
@@ -530,10 +456,7 @@ async fn create(
         tracing::error!(task = %id, error = %e, "enqueue failed; the reconciler will enqueue the task");
     }
     tracing::info!(task = %id, tenant = %caller.tenant, "task admitted");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "data": task, "message": "Task created successfully" })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "data": task, "message": "Task created successfully" }))))
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -543,26 +466,20 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-async fn get_one(
-    State(s): State<AppState>,
-    caller: Caller,
-    Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    let task: Option<Task> = sqlx::query_as(AssertSqlSafe(format!(
-        "select {TASK_COLUMNS} from tasks where id = $1 and tenant_id = $2"
-    )))
-    .bind(id)
-    .bind(caller.tenant_id)
-    .fetch_optional(&s.pool)
-    .await?;
+    let task: Option<Task> =
+        sqlx::query_as(AssertSqlSafe(format!("select {TASK_COLUMNS} from tasks where id = $1 and tenant_id = $2")))
+            .bind(id)
+            .bind(caller.tenant_id)
+            .fetch_optional(&s.pool)
+            .await?;
     let task = task.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
     let mut body = json!({ "data": task });
     if task.status == TaskStatus::Pending.as_str() {
         // Best effort: a Redis hiccup must not fail a read of PostgreSQL's truth.
         if let Ok(Some(q)) = s.queue.task_state(id).await {
-            body["data"]["scheduling"] =
-                json!({ "queue_state": q.state, "reason": q.reason, "attempt": q.attempt });
+            body["data"]["scheduling"] = json!({ "queue_state": q.state, "reason": q.reason, "attempt": q.attempt });
         }
     }
     Ok(Json(body))
@@ -577,28 +494,18 @@ pub struct ListParams {
     pub user_id: Option<String>,
 }
 
-async fn list(
-    State(s): State<AppState>,
-    caller: Caller,
-    Query(p): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut errs = Vec::new();
-    let int =
-        |name: &str, raw: &Option<String>, default: i64, max: i64, errs: &mut Vec<FieldError>| {
-            match raw {
-                None => default,
-                Some(v) => match v.parse::<i64>() {
-                    Ok(n) if (1..=max).contains(&n) => n,
-                    _ => {
-                        errs.push(FieldError::new(
-                            name,
-                            format!("must be an integer between 1 and {max}"),
-                        ));
-                        default
-                    }
-                },
+    let int = |name: &str, raw: &Option<String>, default: i64, max: i64, errs: &mut Vec<FieldError>| match raw {
+        None => default,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                errs.push(FieldError::new(name, format!("must be an integer between 1 and {max}")));
+                default
             }
-        };
+        },
+    };
     let page = int("page", &p.page, 1, MAX_PAGE, &mut errs);
     let page_size = int("page_size", &p.page_size, 20, 100, &mut errs);
     let status = match p.status.as_deref().filter(|s| !s.is_empty()) {
@@ -622,20 +529,15 @@ async fn list(
         },
     };
     if !errs.is_empty() {
-        return Err(ApiError::BadRequest {
-            error: "Invalid query parameters".into(),
-            fields: errs,
-        });
+        return Err(ApiError::BadRequest { error: "Invalid query parameters".into(), fields: errs });
     }
     let filter = "tenant_id = $1 and ($2::text is null or status = $2) and ($3::uuid is null or user_id = $3)";
-    let (total,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
-        "select count(*) from tasks where {filter}"
-    )))
-    .bind(caller.tenant_id)
-    .bind(status)
-    .bind(user_id)
-    .fetch_one(&s.pool)
-    .await?;
+    let (total,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("select count(*) from tasks where {filter}")))
+        .bind(caller.tenant_id)
+        .bind(status)
+        .bind(user_id)
+        .fetch_one(&s.pool)
+        .await?;
     let tasks: Vec<Task> = sqlx::query_as(AssertSqlSafe(format!(
         "select {TASK_COLUMNS} from tasks where {filter} order by created_at desc, id desc limit $4 offset $5"
     )))

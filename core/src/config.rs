@@ -85,18 +85,8 @@ impl Default for Config {
 
 /// Sections that environment variables may set; other `BERTH_…` variables (such as
 /// `BERTH_CONFIG` or test switches) are not configuration and are ignored.
-const SECTIONS: [&str; 10] = [
-    "database",
-    "redis",
-    "api",
-    "auth",
-    "bootstrap",
-    "scheduler",
-    "executor",
-    "cluster",
-    "dev",
-    "log",
-];
+const SECTIONS: [&str; 10] =
+    ["database", "redis", "api", "auth", "bootstrap", "scheduler", "executor", "cluster", "dev", "log"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,10 +123,7 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            partition: "main".into(),
-        }
+        RedisConfig { url: "redis://127.0.0.1:6379".into(), partition: "main".into() }
     }
 }
 
@@ -151,10 +138,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            body_limit_bytes: 2 << 20,
-        }
+        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), body_limit_bytes: 2 << 20 }
     }
 }
 
@@ -266,11 +250,7 @@ impl Default for ProfileConfig {
             scorers: vec![ScorerConfig::ResourceFit {
                 weight: 1,
                 strategy: FitStrategy::MostAllocated,
-                resources: BTreeMap::from([
-                    ("cpu".into(), 1),
-                    ("memory".into(), 1),
-                    (GPU_RESOURCE.into(), 3),
-                ]),
+                resources: BTreeMap::from([("cpu".into(), 1), ("memory".into(), 1), (GPU_RESOURCE.into(), 3)]),
             }],
             order: vec![OrderConfig::Priority, OrderConfig::Fifo],
         }
@@ -361,11 +341,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig {
-            base: Duration::from_secs(2),
-            cap: Duration::from_secs(300),
-            jitter: 0.2,
-        }
+        RetryConfig { base: Duration::from_secs(2), cap: Duration::from_secs(300), jitter: 0.2 }
     }
 }
 
@@ -444,19 +420,13 @@ impl SimNodeConfig {
         if self.count == 1 {
             vec![self.name.clone()]
         } else {
-            (1..=self.count)
-                .map(|i| format!("{}-{i}", self.name))
-                .collect()
+            (1..=self.count).map(|i| format!("{}-{i}", self.name)).collect()
         }
     }
 
     /// Allocatable resources of each node of the group. Call after [`Config::validate`].
     pub fn allocatable(&self) -> Resources {
-        Resources::new(
-            parse_cpu_millis(&self.cpu).unwrap_or(0),
-            parse_bytes(&self.memory).unwrap_or(0),
-            self.gpu,
-        )
+        Resources::new(parse_cpu_millis(&self.cpu).unwrap_or(0), parse_bytes(&self.memory).unwrap_or(0), self.gpu)
     }
 }
 
@@ -503,10 +473,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            filter: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
     }
 }
 
@@ -521,8 +488,7 @@ impl Config {
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
         let table = parse_toml(toml, "inline TOML")?;
         Self::extract(
-            Figment::from(Serialized::defaults(Config::default()))
-                .merge(Serialized::defaults(table)),
+            Figment::from(Serialized::defaults(Config::default())).merge(Serialized::defaults(table)),
             "inline TOML",
         )
     }
@@ -534,19 +500,13 @@ impl Config {
             if !p.exists() {
                 return Err(ConfigError {
                     source_name: p.display().to_string(),
-                    errors: vec![FieldError {
-                        path: "(file)".into(),
-                        message: "no such file".into(),
-                    }],
+                    errors: vec![FieldError { path: "(file)".into(), message: "no such file".into() }],
                 });
             }
             source_name = p.display().to_string();
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
                 source_name: source_name.clone(),
-                errors: vec![FieldError {
-                    path: "(file)".into(),
-                    message: e.to_string(),
-                }],
+                errors: vec![FieldError { path: "(file)".into(), message: e.to_string() }],
             })?;
             figment = figment.merge(Serialized::defaults(parse_toml(&text, &source_name)?));
         }
@@ -564,24 +524,13 @@ impl Config {
             errors: e
                 .into_iter()
                 .map(|e| FieldError {
-                    path: if e.path.is_empty() {
-                        "(root)".into()
-                    } else {
-                        e.path.join(".")
-                    },
+                    path: if e.path.is_empty() { "(root)".into() } else { e.path.join(".") },
                     message: e.kind.to_string(),
                 })
                 .collect(),
         })?;
         let errors = config.validate();
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
-                source_name: source_name.to_owned(),
-                errors,
-            })
-        }
+        if errors.is_empty() { Ok(config) } else { Err(ConfigError { source_name: source_name.to_owned(), errors }) }
     }
 
     /// Every semantic problem, each with its key path. Empty means valid.
@@ -589,57 +538,31 @@ impl Config {
         let mut errs = Vec::new();
         let mut bad = |path: String, message: String| errs.push(FieldError { path, message });
 
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
-        {
+        if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
             bad("database.url".into(), "must be a postgres:// URL".into());
         }
         if self.database.max_connections == 0 {
-            bad(
-                "database.max_connections".into(),
-                "must be at least 1".into(),
-            );
+            bad("database.max_connections".into(), "must be at least 1".into());
         }
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
-            bad(
-                "redis.url".into(),
-                "must be a redis:// or rediss:// URL".into(),
-            );
+            bad("redis.url".into(), "must be a redis:// or rediss:// URL".into());
         }
         let p = &self.redis.partition;
-        if p.is_empty()
-            || p.len() > 64
-            || !p
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bad(
-                "redis.partition".into(),
-                "must be 1-64 letters, digits, '-' or '_'".into(),
-            );
+        if p.is_empty() || p.len() > 64 || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bad("redis.partition".into(), "must be 1-64 letters, digits, '-' or '_'".into());
         }
         if self.api.body_limit_bytes < 1024 {
-            bad(
-                "api.body_limit_bytes".into(),
-                "must be at least 1024".into(),
-            );
+            bad("api.body_limit_bytes".into(), "must be at least 1024".into());
         }
         if self.auth.jwt_secret.len() < 16 {
-            bad(
-                "auth.jwt_secret".into(),
-                "must be at least 16 characters".into(),
-            );
+            bad("auth.jwt_secret".into(), "must be at least 16 characters".into());
         }
         if self.auth.access_token_ttl < Duration::from_secs(10) {
-            bad(
-                "auth.access_token_ttl".into(),
-                "must be at least 10s".into(),
-            );
+            bad("auth.access_token_ttl".into(), "must be at least 10s".into());
         }
-        for (path, v) in [
-            ("bootstrap.system_tenant", &self.bootstrap.system_tenant),
-            ("dev.demo_tenant", &self.dev.demo_tenant),
-        ] {
+        for (path, v) in
+            [("bootstrap.system_tenant", &self.bootstrap.system_tenant), ("dev.demo_tenant", &self.dev.demo_tenant)]
+        {
             if let Err(e) = validate::dns_label(v) {
                 bad(path.into(), e);
             }
@@ -656,66 +579,42 @@ impl Config {
         }
         let s = &self.scheduler;
         if !(1..=10_000).contains(&s.batch_size) {
-            bad(
-                "scheduler.batch_size".into(),
-                "must be between 1 and 10000".into(),
-            );
+            bad("scheduler.batch_size".into(), "must be between 1 and 10000".into());
         }
         if s.lease_ttl < Duration::from_secs(1) {
             bad("scheduler.lease_ttl".into(), "must be at least 1s".into());
         }
         if s.idle_wait.is_zero() || s.idle_wait > Duration::from_secs(10) {
-            bad(
-                "scheduler.idle_wait".into(),
-                "must be between 1ms and 10s".into(),
-            );
+            bad("scheduler.idle_wait".into(), "must be between 1ms and 10s".into());
         }
         if s.max_conflict_retries > 100 {
-            bad(
-                "scheduler.max_conflict_retries".into(),
-                "must be at most 100".into(),
-            );
+            bad("scheduler.max_conflict_retries".into(), "must be at most 100".into());
         }
         if s.unschedulable_backoff.is_zero() {
-            bad(
-                "scheduler.unschedulable_backoff".into(),
-                "must be positive".into(),
-            );
+            bad("scheduler.unschedulable_backoff".into(), "must be positive".into());
         }
         for e in s.profile.validate() {
             bad(format!("scheduler.profile.{}", e.path), e.message);
         }
         if self.executor.reconcile_interval < Duration::from_millis(100) {
-            bad(
-                "executor.reconcile_interval".into(),
-                "must be at least 100ms".into(),
-            );
+            bad("executor.reconcile_interval".into(), "must be at least 100ms".into());
         }
         if self.executor.claim_idle < Duration::from_secs(1) {
             bad("executor.claim_idle".into(), "must be at least 1s".into());
         }
         let r = &self.executor.retry;
         if !(0.0..=1.0).contains(&r.jitter) || r.jitter.is_nan() {
-            bad(
-                "executor.retry.jitter".into(),
-                "must be between 0 and 1".into(),
-            );
+            bad("executor.retry.jitter".into(), "must be between 0 and 1".into());
         }
         if r.base.is_zero() {
             bad("executor.retry.base".into(), "must be positive".into());
         }
         if r.cap < r.base {
-            bad(
-                "executor.retry.cap".into(),
-                "must be at least executor.retry.base".into(),
-            );
+            bad("executor.retry.cap".into(), "must be at least executor.retry.base".into());
         }
         let c = &self.cluster;
         if c.nodes.is_empty() {
-            bad(
-                "cluster.nodes".into(),
-                "the simulated cluster needs at least one node".into(),
-            );
+            bad("cluster.nodes".into(), "the simulated cluster needs at least one node".into());
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, n) in c.nodes.iter().enumerate() {
@@ -763,10 +662,7 @@ impl Config {
 fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError {
         source_name: source_name.to_owned(),
-        errors: vec![FieldError {
-            path: "(syntax)".into(),
-            message: e.to_string(),
-        }],
+        errors: vec![FieldError { path: "(syntax)".into(), message: e.to_string() }],
     })
 }
 
@@ -776,9 +672,7 @@ impl ProfileConfig {
         let mut errs = Vec::new();
         for (i, s) in self.scorers.iter().enumerate() {
             match s {
-                ScorerConfig::ResourceFit {
-                    weight, resources, ..
-                } => {
+                ScorerConfig::ResourceFit { weight, resources, .. } => {
                     if !(1..=100).contains(weight) {
                         errs.push(FieldError {
                             path: format!("scorers[{i}].weight"),
@@ -795,9 +689,7 @@ impl ProfileConfig {
                         if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
                             errs.push(FieldError {
                                 path: format!("scorers[{i}].resources.{name:?}"),
-                                message: format!(
-                                    "unknown resource (expected cpu, memory or {GPU_RESOURCE})"
-                                ),
+                                message: format!("unknown resource (expected cpu, memory or {GPU_RESOURCE})"),
                             });
                         }
                         // kube-scheduler's ValidateNodeResourcesFitArgs: weights in 1..=100.
@@ -814,10 +706,7 @@ impl ProfileConfig {
         let mut seen = Vec::new();
         for (i, f) in self.filters.iter().enumerate() {
             if seen.contains(f) {
-                errs.push(FieldError {
-                    path: format!("filters[{i}]"),
-                    message: "filter listed twice".into(),
-                });
+                errs.push(FieldError { path: format!("filters[{i}]"), message: "filter listed twice".into() });
             }
             seen.push(*f);
         }
@@ -856,10 +745,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(paths(e), vec!["scheduler.profile.scorers[0].weight"]);
-        let e = Config::from_toml_str(
-            "[[cluster.nodes]]\nname = \"n\"\ncpu = \"12x\"\nmemory = \"1Gi\"\n",
-        )
-        .unwrap_err();
+        let e =
+            Config::from_toml_str("[[cluster.nodes]]\nname = \"n\"\ncpu = \"12x\"\nmemory = \"1Gi\"\n").unwrap_err();
         assert_eq!(paths(e), vec!["cluster.nodes[0].cpu"]);
     }
 
@@ -885,23 +772,13 @@ order = [{ kind = "priority" }]
     #[test]
     fn sim_node_groups_expand_to_names() {
         let c = Config::default();
-        assert_eq!(
-            c.cluster.nodes[0].names(),
-            vec!["sim-1", "sim-2", "sim-3", "sim-4"]
-        );
-        assert_eq!(
-            c.cluster.nodes[0].allocatable(),
-            Resources::new(16_000, 64 << 30, 4)
-        );
+        assert_eq!(c.cluster.nodes[0].names(), vec!["sim-1", "sim-2", "sim-3", "sim-4"]);
+        assert_eq!(c.cluster.nodes[0].allocatable(), Resources::new(16_000, 64 << 30, 4));
     }
 
     #[test]
     fn retry_delay_doubles_up_to_the_cap() {
-        let r = RetryConfig {
-            base: Duration::from_secs(2),
-            cap: Duration::from_secs(10),
-            jitter: 0.0,
-        };
+        let r = RetryConfig { base: Duration::from_secs(2), cap: Duration::from_secs(10), jitter: 0.0 };
         assert_eq!(r.delay(0, 0.5), Duration::from_secs(2));
         assert_eq!(r.delay(1, 0.5), Duration::from_secs(4));
         assert_eq!(r.delay(5, 0.5), Duration::from_secs(10));

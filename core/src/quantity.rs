@@ -27,10 +27,7 @@ struct Parsed {
 }
 
 fn err(input: &str, reason: &'static str) -> QuantityError {
-    QuantityError {
-        input: input.to_owned(),
-        reason,
-    }
+    QuantityError { input: input.to_owned(), reason }
 }
 
 fn parse(input: &str) -> Result<Parsed, QuantityError> {
@@ -46,10 +43,7 @@ fn parse(input: &str) -> Result<Parsed, QuantityError> {
         None if s.starts_with('-') => return Err(err(input, "must not be negative")),
         None => s,
     };
-    let num_end = s
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.'))
-        .map_or(s.len(), |(i, _)| i);
+    let num_end = s.char_indices().find(|(_, c)| !(c.is_ascii_digit() || *c == '.')).map_or(s.len(), |(i, _)| i);
     let (number, suffix) = s.split_at(num_end);
     let (int_part, frac_part) = match number.split_once('.') {
         Some((i, f)) => (i, f),
@@ -66,13 +60,8 @@ fn parse(input: &str) -> Result<Parsed, QuantityError> {
     if digits.len() > 30 {
         return Err(err(input, "too many significant digits"));
     }
-    let mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits
-            .parse()
-            .map_err(|_| err(input, "expected a number"))?
-    };
+    let mantissa: u128 =
+        if digits.is_empty() { 0 } else { digits.parse().map_err(|_| err(input, "expected a number"))? };
     let mut exp10 = -(frac_part.len() as i32);
     let mut exp2 = 0u32;
     match suffix {
@@ -93,9 +82,7 @@ fn parse(input: &str) -> Result<Parsed, QuantityError> {
         "P" => exp10 += 15,
         "E" => exp10 += 18,
         other if other.starts_with(['e', 'E']) => {
-            let e: i32 = other[1..]
-                .parse()
-                .map_err(|_| err(input, "unknown suffix"))?;
+            let e: i32 = other[1..].parse().map_err(|_| err(input, "unknown suffix"))?;
             if !(-30..=30).contains(&e) {
                 return Err(err(input, "exponent out of range"));
             }
@@ -108,36 +95,23 @@ fn parse(input: &str) -> Result<Parsed, QuantityError> {
             ));
         }
     }
-    Ok(Parsed {
-        mantissa,
-        exp10,
-        exp2,
-    })
+    Ok(Parsed { mantissa, exp10, exp2 })
 }
 
 /// Value × 10^scale rounded up, as an `u64`.
 fn scaled_ceil(input: &str, scale: i32) -> Result<u64, QuantityError> {
     let p = parse(input)?;
     let overflow = || err(input, "too large");
-    let mut num: u128 = p
-        .mantissa
-        .checked_shl(p.exp2)
-        .filter(|v| v >> p.exp2 == p.mantissa)
-        .ok_or_else(overflow)?;
+    let mut num: u128 = p.mantissa.checked_shl(p.exp2).filter(|v| v >> p.exp2 == p.mantissa).ok_or_else(overflow)?;
     let mut den: u128 = 1;
     let e = p.exp10 + scale;
     if e >= 0 {
-        num = num
-            .checked_mul(10u128.checked_pow(e as u32).ok_or_else(overflow)?)
-            .ok_or_else(overflow)?;
+        num = num.checked_mul(10u128.checked_pow(e as u32).ok_or_else(overflow)?).ok_or_else(overflow)?;
     } else {
         den = 10u128.checked_pow((-e) as u32).ok_or_else(overflow)?;
     }
     let v = num.div_ceil(den);
-    u64::try_from(v)
-        .ok()
-        .filter(|v| *v <= i64::MAX as u64)
-        .ok_or_else(overflow)
+    u64::try_from(v).ok().filter(|v| *v <= i64::MAX as u64).ok_or_else(overflow)
 }
 
 /// CPU in millicores: `"100m"` → 100, `"1.5"` → 1500, `"2"` → 2000.
@@ -152,23 +126,12 @@ pub fn parse_bytes(input: &str) -> Result<u64, QuantityError> {
 
 /// Canonical CPU string: whole cores when exact (`"2"`), millicores otherwise (`"1500m"`).
 pub fn format_cpu_millis(millis: u64) -> String {
-    if millis.is_multiple_of(1000) {
-        (millis / 1000).to_string()
-    } else {
-        format!("{millis}m")
-    }
+    if millis.is_multiple_of(1000) { (millis / 1000).to_string() } else { format!("{millis}m") }
 }
 
 /// Canonical memory string: the largest binary suffix that divides exactly (`"128Mi"`).
 pub fn format_bytes(bytes: u64) -> String {
-    const SUFFIXES: [(&str, u32); 6] = [
-        ("Ei", 60),
-        ("Pi", 50),
-        ("Ti", 40),
-        ("Gi", 30),
-        ("Mi", 20),
-        ("Ki", 10),
-    ];
+    const SUFFIXES: [(&str, u32); 6] = [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
     if bytes == 0 {
         return "0".into();
     }
@@ -223,20 +186,7 @@ mod tests {
 
     #[test]
     fn malformed_quantities_are_rejected_with_a_reason() {
-        for input in [
-            "",
-            "12x",
-            "abc",
-            "1..2",
-            "-1",
-            "1Gib",
-            "Mi",
-            ".",
-            "1e",
-            "1e99",
-            "1.2.3",
-            "99999999999Ei",
-        ] {
+        for input in ["", "12x", "abc", "1..2", "-1", "1Gib", "Mi", ".", "1e", "1e99", "1.2.3", "99999999999Ei"] {
             let e = parse_bytes(input).expect_err(input);
             assert_eq!(e.input, input);
         }

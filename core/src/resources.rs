@@ -17,25 +17,15 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub const ZERO: Resources = Resources {
-        cpu_millis: 0,
-        memory_bytes: 0,
-        gpu: 0,
-    };
+    pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0, gpu: 0 };
 
     pub const fn new(cpu_millis: u64, memory_bytes: u64, gpu: u64) -> Self {
-        Resources {
-            cpu_millis,
-            memory_bytes,
-            gpu,
-        }
+        Resources { cpu_millis, memory_bytes, gpu }
     }
 
     /// Whether `self` fits in `free` on every resource.
     pub fn fits_in(&self, free: &Resources) -> bool {
-        self.cpu_millis <= free.cpu_millis
-            && self.memory_bytes <= free.memory_bytes
-            && self.gpu <= free.gpu
+        self.cpu_millis <= free.cpu_millis && self.memory_bytes <= free.memory_bytes && self.gpu <= free.gpu
     }
 
     pub fn saturating_sub(&self, other: &Resources) -> Resources {
@@ -57,16 +47,8 @@ impl Resources {
     /// The request with kube-scheduler's non-zero defaults applied to cpu and memory.
     pub fn with_defaults(&self) -> Resources {
         Resources {
-            cpu_millis: if self.cpu_millis == 0 {
-                DEFAULT_CPU_MILLIS
-            } else {
-                self.cpu_millis
-            },
-            memory_bytes: if self.memory_bytes == 0 {
-                DEFAULT_MEMORY_BYTES
-            } else {
-                self.memory_bytes
-            },
+            cpu_millis: if self.cpu_millis == 0 { DEFAULT_CPU_MILLIS } else { self.cpu_millis },
+            memory_bytes: if self.memory_bytes == 0 { DEFAULT_MEMORY_BYTES } else { self.memory_bytes },
             gpu: self.gpu,
         }
     }
@@ -96,16 +78,8 @@ impl Resources {
     /// "gpu": 1}`); absent fields are zero. Admission validated it, so errors mean corruption.
     pub fn from_requirements_json(v: &serde_json::Value) -> Result<Resources, String> {
         let q = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty());
-        let cpu = q("cpu")
-            .map(crate::quantity::parse_cpu_millis)
-            .transpose()
-            .map_err(|e| e.to_string())?
-            .unwrap_or(0);
-        let mem = q("memory")
-            .map(crate::quantity::parse_bytes)
-            .transpose()
-            .map_err(|e| e.to_string())?
-            .unwrap_or(0);
+        let cpu = q("cpu").map(crate::quantity::parse_cpu_millis).transpose().map_err(|e| e.to_string())?.unwrap_or(0);
+        let mem = q("memory").map(crate::quantity::parse_bytes).transpose().map_err(|e| e.to_string())?.unwrap_or(0);
         let gpu = v.get("gpu").and_then(|x| x.as_u64()).unwrap_or(0);
         Ok(Resources::new(cpu, mem, gpu))
     }
@@ -129,10 +103,7 @@ mod tests {
     #[test]
     fn shortfalls_name_each_short_resource() {
         let free = Resources::new(1000, 1 << 30, 0);
-        assert_eq!(
-            Resources::new(2000, 1 << 20, 1).shortfalls(&free),
-            vec!["cpu", "nvidia.com/gpu"]
-        );
+        assert_eq!(Resources::new(2000, 1 << 20, 1).shortfalls(&free), vec!["cpu", "nvidia.com/gpu"]);
         assert!(Resources::new(1000, 1 << 30, 0).fits_in(&free));
     }
 }

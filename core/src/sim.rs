@@ -15,20 +15,14 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(value.trim())
         .map_err(|e| format!("{value:?} is not a duration such as \"2s\" or \"500ms\": {e}"))?;
     if d > MAX_DURATION {
-        return Err(format!(
-            "{value:?} is longer than the simulated cluster's limit of 24h"
-        ));
+        return Err(format!("{value:?} is longer than the simulated cluster's limit of 24h"));
     }
     Ok(d)
 }
 
 /// Parses a sim-exit-code label value (0–255).
 pub fn parse_exit_code(value: &str) -> Result<i32, String> {
-    value
-        .trim()
-        .parse::<u8>()
-        .map(i32::from)
-        .map_err(|_| format!("{value:?} is not an exit code between 0 and 255"))
+    value.trim().parse::<u8>().map(i32::from).map_err(|_| format!("{value:?} is not an exit code between 0 and 255"))
 }
 
 #[cfg(test)]

@@ -34,9 +34,7 @@ pub struct IllegalTransition {
 
 /// A status string that names no status.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "unknown task status {0:?} (expected one of pending, scheduled, running, succeeded, failed, cancelled)"
-)]
+#[error("unknown task status {0:?} (expected one of pending, scheduled, running, succeeded, failed, cancelled)")]
 pub struct UnknownStatus(pub String);
 
 impl TaskStatus {
@@ -61,10 +59,7 @@ impl TaskStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
-        )
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled)
     }
 
     /// Whether the task still holds (or will hold) quota and capacity.
@@ -92,21 +87,13 @@ impl TaskStatus {
     }
 
     pub fn transition(self, to: TaskStatus) -> Result<TaskStatus, IllegalTransition> {
-        if self.can_become(to) {
-            Ok(to)
-        } else {
-            Err(IllegalTransition { from: self, to })
-        }
+        if self.can_become(to) { Ok(to) } else { Err(IllegalTransition { from: self, to }) }
     }
 
     /// The statuses from which `to` may be reached, for guarded SQL updates
     /// (`... where status = any($from)`).
     pub fn sources_of(to: TaskStatus) -> Vec<&'static str> {
-        TaskStatus::ALL
-            .into_iter()
-            .filter(|s| s.can_become(to))
-            .map(TaskStatus::as_str)
-            .collect()
+        TaskStatus::ALL.into_iter().filter(|s| s.can_become(to)).map(TaskStatus::as_str).collect()
     }
 }
 
@@ -119,10 +106,7 @@ impl fmt::Display for TaskStatus {
 impl FromStr for TaskStatus {
     type Err = UnknownStatus;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskStatus::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| UnknownStatus(s.to_owned()))
     }
 }
 
@@ -230,10 +214,7 @@ mod tests {
         for s in TaskStatus::ALL {
             assert_eq!(s.as_str().parse::<TaskStatus>(), Ok(s));
         }
-        assert_eq!(
-            "done".parse::<TaskStatus>(),
-            Err(UnknownStatus("done".into()))
-        );
+        assert_eq!("done".parse::<TaskStatus>(), Err(UnknownStatus("done".into())));
     }
 
     #[test]
@@ -243,39 +224,19 @@ mod tests {
 
     #[test]
     fn tolerations_match_as_kubernetes_defines() {
-        let taint = Taint {
-            key: "k".into(),
-            value: "v".into(),
-            effect: TaintEffect::NoSchedule,
-        };
+        let taint = Taint { key: "k".into(), value: "v".into(), effect: TaintEffect::NoSchedule };
         let t = |key: &str, op, value: &str, effect| Toleration {
             key: key.into(),
             operator: op,
             value: value.into(),
             effect,
         };
-        assert!(
-            t(
-                "k",
-                TolerationOperator::Equal,
-                "v",
-                Some(TaintEffect::NoSchedule)
-            )
-            .tolerates(&taint)
-        );
+        assert!(t("k", TolerationOperator::Equal, "v", Some(TaintEffect::NoSchedule)).tolerates(&taint));
         assert!(t("k", TolerationOperator::Equal, "v", None).tolerates(&taint));
         assert!(!t("k", TolerationOperator::Equal, "w", None).tolerates(&taint));
         assert!(t("k", TolerationOperator::Exists, "", None).tolerates(&taint));
         assert!(t("", TolerationOperator::Exists, "", None).tolerates(&taint));
-        assert!(
-            !t(
-                "k",
-                TolerationOperator::Exists,
-                "",
-                Some(TaintEffect::NoExecute)
-            )
-            .tolerates(&taint)
-        );
+        assert!(!t("k", TolerationOperator::Exists, "", Some(TaintEffect::NoExecute)).tolerates(&taint));
         assert!(!t("other", TolerationOperator::Exists, "", None).tolerates(&taint));
     }
 }

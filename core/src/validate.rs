@@ -25,7 +25,8 @@ pub fn dns_subdomain(s: &str) -> Result<(), String> {
     }
     for part in s.split('.') {
         dns_label(part).map_err(|_| {
-            "must consist of lowercase letters, digits, '-' and '.', and start and end with a letter or digit".to_string()
+            "must consist of lowercase letters, digits, '-' and '.', and start and end with a letter or digit"
+                .to_string()
         })?;
     }
     Ok(())
@@ -51,8 +52,7 @@ fn label_name(s: &str) -> bool {
     let edge = |c: char| c.is_ascii_alphanumeric();
     !s.is_empty()
         && s.len() <= MAX_LABEL
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(edge)
         && s.ends_with(edge)
 }
@@ -101,9 +101,7 @@ pub fn image_reference(s: &str) -> Result<(), String> {
     if let Some(d) = digest {
         let valid = d.split_once(':').is_some_and(|(alg, hex)| {
             !alg.is_empty()
-                && alg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '_' | '-'))
+                && alg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '_' | '-'))
                 && hex.len() >= 32
                 && hex.chars().all(|c| c.is_ascii_hexdigit())
         });
@@ -120,8 +118,7 @@ pub fn image_reference(s: &str) -> Result<(), String> {
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
             && !t.starts_with(['.', '-']);
         if !ok {
             return Err(format!("has an invalid tag {t:?}"));
@@ -130,18 +127,13 @@ pub fn image_reference(s: &str) -> Result<(), String> {
     let mut components = repo.split('/').peekable();
     let mut first = true;
     while let Some(c) = components.next() {
-        let is_registry =
-            first && components.peek().is_some() && (c.contains(['.', ':']) || c == "localhost");
+        let is_registry = first && components.peek().is_some() && (c.contains(['.', ':']) || c == "localhost");
         first = false;
         let ok = if is_registry {
-            !c.is_empty()
-                && c.chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':'))
+            !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':'))
         } else {
             !c.is_empty()
-                && c.chars().all(|ch| {
-                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
-                })
+                && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
                 && c.starts_with(alnum_lower)
                 && c.ends_with(alnum_lower)
         };
@@ -159,13 +151,8 @@ pub fn env_var_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 256
         && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err("must be letters, digits, '_', '-' and '.', not starting with a digit".into())
-    }
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok { Ok(()) } else { Err("must be letters, digits, '_', '-' and '.', not starting with a digit".into()) }
 }
 
 #[cfg(test)]
@@ -176,27 +163,14 @@ mod tests {
     fn task_names_follow_dns_subdomains() {
         assert!(dns_subdomain("ml-training-job").is_ok());
         assert!(dns_subdomain("a.b-c").is_ok());
-        for bad in [
-            "",
-            "Upper",
-            "-lead",
-            "trail-",
-            "has space",
-            "a..b",
-            &"a".repeat(254),
-        ] {
+        for bad in ["", "Upper", "-lead", "trail-", "has space", "a..b", &"a".repeat(254)] {
             assert!(dns_subdomain(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn label_keys_and_values_follow_kubernetes() {
-        for good in [
-            "team",
-            "berth.io/sim-duration",
-            "kubernetes.io/os",
-            "A_b.c-D",
-        ] {
+        for good in ["team", "berth.io/sim-duration", "kubernetes.io/os", "A_b.c-D"] {
             assert!(label_key(good).is_ok(), "{good}");
         }
         for bad in ["", "/x", "a/", "Bad_Prefix/x", "-x", &"a".repeat(64)] {
@@ -220,16 +194,7 @@ mod tests {
         ] {
             assert!(image_reference(good).is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "Busybox",
-            "busy box",
-            "app:",
-            "app:-x",
-            "a//b",
-            "app@sha256:xyz",
-            "UPPER/app",
-        ] {
+        for bad in ["", "Busybox", "busy box", "app:", "app:-x", "a//b", "app@sha256:xyz", "UPPER/app"] {
             assert!(image_reference(bad).is_err(), "{bad}");
         }
     }

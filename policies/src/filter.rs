@@ -12,10 +12,7 @@ pub struct Unfit {
 
 impl Unfit {
     fn new(filter: &'static str, reason: impl Into<String>) -> Self {
-        Unfit {
-            filter,
-            reason: reason.into(),
-        }
+        Unfit { filter, reason: reason.into() }
     }
 }
 
@@ -37,11 +34,7 @@ impl NodeFilter for NodeSchedulable {
         Self::NAME
     }
     fn check(&self, _task: &SchedulingSpec, node: &NodeView) -> Result<(), Unfit> {
-        if node.schedulable {
-            Ok(())
-        } else {
-            Err(Unfit::new(Self::NAME, "node unschedulable"))
-        }
+        if node.schedulable { Ok(()) } else { Err(Unfit::new(Self::NAME, "node unschedulable")) }
     }
 }
 
@@ -64,10 +57,7 @@ impl NodeFilter for ResourcesFit {
         if short.is_empty() {
             Ok(())
         } else {
-            Err(Unfit::new(
-                Self::NAME,
-                format!("insufficient {}", short.join(", ")),
-            ))
+            Err(Unfit::new(Self::NAME, format!("insufficient {}", short.join(", "))))
         }
     }
 }
@@ -85,15 +75,8 @@ impl NodeFilter for NodeSelector {
         Self::NAME
     }
     fn check(&self, task: &SchedulingSpec, node: &NodeView) -> Result<(), Unfit> {
-        let matches = task
-            .node_selector
-            .iter()
-            .all(|(k, v)| node.labels.get(k) == Some(v));
-        if matches {
-            Ok(())
-        } else {
-            Err(Unfit::new(Self::NAME, "node selector mismatch"))
-        }
+        let matches = task.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
+        if matches { Ok(()) } else { Err(Unfit::new(Self::NAME, "node selector mismatch")) }
     }
 }
 
@@ -118,10 +101,7 @@ impl NodeFilter for Taints {
             .find(|t| !task.tolerations.iter().any(|tol| tol.tolerates(t)));
         match untolerated {
             None => Ok(()),
-            Some(t) => Err(Unfit::new(
-                Self::NAME,
-                format!("untolerated taint {}", t.key),
-            )),
+            Some(t) => Err(Unfit::new(Self::NAME, format!("untolerated taint {}", t.key))),
         }
     }
 }
@@ -160,9 +140,7 @@ mod tests {
     fn resources_fit_admits_exactly_the_free_capacity() {
         let n = node();
         assert!(ResourcesFit.check(&task(2500, 14 << 30, 2), &n).is_ok());
-        let e = ResourcesFit
-            .check(&task(2501, 14 << 30, 3), &n)
-            .unwrap_err();
+        let e = ResourcesFit.check(&task(2501, 14 << 30, 3), &n).unwrap_err();
         assert_eq!(e.reason, "insufficient cpu, nvidia.com/gpu");
     }
 
@@ -181,20 +159,13 @@ mod tests {
         t.node_selector.insert("zone".into(), "a".into());
         assert!(NodeSelector.check(&t, &n).is_ok());
         t.node_selector.insert("gpu".into(), "a100".into());
-        assert_eq!(
-            NodeSelector.check(&t, &n).unwrap_err().reason,
-            "node selector mismatch"
-        );
+        assert_eq!(NodeSelector.check(&t, &n).unwrap_err().reason, "node selector mismatch");
     }
 
     #[test]
     fn taints_reject_unless_tolerated_and_prefer_no_schedule_never_rejects() {
         let mut n = node();
-        n.taints = vec![Taint {
-            key: "k".into(),
-            value: "v".into(),
-            effect: TaintEffect::NoSchedule,
-        }];
+        n.taints = vec![Taint { key: "k".into(), value: "v".into(), effect: TaintEffect::NoSchedule }];
         let mut t = task(1, 1, 0);
         assert!(Taints.check(&t, &n).is_err());
         t.tolerations.push(Toleration {
@@ -204,11 +175,7 @@ mod tests {
             effect: None,
         });
         assert!(Taints.check(&t, &n).is_ok());
-        n.taints = vec![Taint {
-            key: "p".into(),
-            value: String::new(),
-            effect: TaintEffect::PreferNoSchedule,
-        }];
+        n.taints = vec![Taint { key: "p".into(), value: String::new(), effect: TaintEffect::PreferNoSchedule }];
         assert!(Taints.check(&task(1, 1, 0), &n).is_ok());
     }
 

@@ -32,22 +32,9 @@ pub struct Profile {
 impl std::fmt::Debug for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Profile")
-            .field(
-                "filters",
-                &self.filters.iter().map(|x| x.name()).collect::<Vec<_>>(),
-            )
-            .field(
-                "scorers",
-                &self
-                    .scorers
-                    .iter()
-                    .map(|(s, w)| (s.name(), *w))
-                    .collect::<Vec<_>>(),
-            )
-            .field(
-                "orders",
-                &self.orders.iter().map(|o| o.name()).collect::<Vec<_>>(),
-            )
+            .field("filters", &self.filters.iter().map(|x| x.name()).collect::<Vec<_>>())
+            .field("scorers", &self.scorers.iter().map(|(s, w)| (s.name(), *w)).collect::<Vec<_>>())
+            .field("orders", &self.orders.iter().map(|o| o.name()).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -75,14 +62,9 @@ impl Profile {
             .iter()
             .map(|s| -> (Box<dyn NodeScorer>, u64) {
                 match s {
-                    ScorerConfig::ResourceFit {
-                        weight,
-                        strategy,
-                        resources,
-                    } => (
-                        Box::new(ResourceFit::new(*strategy, resources)),
-                        u64::from(*weight),
-                    ),
+                    ScorerConfig::ResourceFit { weight, strategy, resources } => {
+                        (Box::new(ResourceFit::new(*strategy, resources)), u64::from(*weight))
+                    }
                 }
             })
             .collect();
@@ -96,11 +78,7 @@ impl Profile {
                 }
             })
             .collect();
-        Ok(Profile {
-            filters,
-            scorers,
-            orders,
-        })
+        Ok(Profile { filters, scorers, orders })
     }
 
     /// The first filter that rejects `node`, if any.
@@ -118,21 +96,14 @@ impl Profile {
             debug_assert!(raw <= MAX_NODE_SCORE, "{} returned {raw}", scorer.name());
             let score = raw.min(MAX_NODE_SCORE);
             total += score * weight;
-            entries.push(ScoreEntry {
-                scorer: scorer.name(),
-                score,
-            });
+            entries.push(ScoreEntry { scorer: scorer.name(), score });
         }
         (total, entries)
     }
 
     /// Compares two candidates with the configured chain, then the fallback.
     pub fn compare(&self, a: &SchedulingSpec, b: &SchedulingSpec) -> Ordering {
-        self.orders
-            .iter()
-            .map(|o| o.compare(a, b))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| order::fallback(a, b))
+        self.orders.iter().map(|o| o.compare(a, b)).find(|o| o.is_ne()).unwrap_or_else(|| order::fallback(a, b))
     }
 }
 
@@ -160,10 +131,7 @@ mod tests {
         let p = Profile::build(&Config::default().scheduler.profile).unwrap();
         let mut v = vec![spec(0, 1), spec(50, 3), spec(50, 2), spec(100, 9)];
         v.sort_by(|a, b| p.compare(a, b));
-        assert_eq!(
-            v.iter().map(|s| (s.priority, s.seq)).collect::<Vec<_>>(),
-            vec![(100, 9), (50, 2), (50, 3), (0, 1)]
-        );
+        assert_eq!(v.iter().map(|s| (s.priority, s.seq)).collect::<Vec<_>>(), vec![(100, 9), (50, 2), (50, 3), (0, 1)]);
     }
 
     #[test]

@@ -52,10 +52,7 @@ impl ResourceFit {
 
     /// Weights must already be validated (names known, 1..=100).
     pub fn new(strategy: FitStrategy, weights: &BTreeMap<String, i64>) -> Self {
-        let weights = weights
-            .iter()
-            .filter_map(|(k, w)| ResourceName::parse(k).map(|r| (r, *w)))
-            .collect();
+        let weights = weights.iter().filter_map(|(k, w)| ResourceName::parse(k).map(|r| (r, *w))).collect();
         ResourceFit { strategy, weights }
     }
 }
@@ -85,16 +82,8 @@ impl NodeScorer for ResourceFit {
         let (mut total, mut weight_sum) = (0i64, 0i64);
         for &(res, weight) in &self.weights {
             let (alloc, held, asked) = match res {
-                ResourceName::Cpu => (
-                    node.allocatable.cpu_millis,
-                    node.requested.cpu_millis,
-                    req.cpu_millis,
-                ),
-                ResourceName::Memory => (
-                    node.allocatable.memory_bytes,
-                    node.requested.memory_bytes,
-                    req.memory_bytes,
-                ),
+                ResourceName::Cpu => (node.allocatable.cpu_millis, node.requested.cpu_millis, req.cpu_millis),
+                ResourceName::Memory => (node.allocatable.memory_bytes, node.requested.memory_bytes, req.memory_bytes),
                 ResourceName::Gpu => {
                     if req.gpu == 0 {
                         continue;
@@ -114,11 +103,7 @@ impl NodeScorer for ResourceFit {
             total += s * weight;
             weight_sum += weight;
         }
-        if weight_sum == 0 {
-            0
-        } else {
-            (total / weight_sum) as u64
-        }
+        if weight_sum == 0 { 0 } else { (total / weight_sum) as u64 }
     }
 }
 
@@ -176,10 +161,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_to_requestless_tasks() {
-        let s = ResourceFit::new(
-            FitStrategy::MostAllocated,
-            &BTreeMap::from([("cpu".into(), 1)]),
-        );
+        let s = ResourceFit::new(FitStrategy::MostAllocated, &BTreeMap::from([("cpu".into(), 1)]));
         // 100m default on a 1000m node → 10
         assert_eq!(s.score(&task(0, 0), &node(1000, 1 << 30, 0, 0)), 10);
     }
@@ -199,14 +181,8 @@ mod tests {
 
     #[test]
     fn over_capacity_scores_zero_for_least_and_clamps_for_most() {
-        let least = ResourceFit::new(
-            FitStrategy::LeastAllocated,
-            &BTreeMap::from([("cpu".into(), 1)]),
-        );
-        let most = ResourceFit::new(
-            FitStrategy::MostAllocated,
-            &BTreeMap::from([("cpu".into(), 1)]),
-        );
+        let least = ResourceFit::new(FitStrategy::LeastAllocated, &BTreeMap::from([("cpu".into(), 1)]));
+        let most = ResourceFit::new(FitStrategy::MostAllocated, &BTreeMap::from([("cpu".into(), 1)]));
         assert_eq!(least.score(&task(5000, 0), &node(4000, 1, 0, 0)), 0);
         assert_eq!(most.score(&task(5000, 0), &node(4000, 1, 0, 0)), 100);
     }

@@ -11,9 +11,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(partition: &str) -> Keys {
-        Keys {
-            prefix: format!("berth:{{{partition}}}:"),
-        }
+        Keys { prefix: format!("berth:{{{partition}}}:") }
     }
 
     /// `berth:{p}:`, passed to scripts that derive per-tenant and per-node keys.

@@ -34,10 +34,7 @@ pub enum ReserveOutcome {
     /// Capacity reserved and the binding emitted.
     Bound,
     /// The node no longer has room; its fresh state is attached.
-    NoRoom {
-        allocatable: Resources,
-        reserved: Resources,
-    },
+    NoRoom { allocatable: Resources, reserved: Resources },
     /// The node is gone from the ledger or unschedulable.
     NodeUnavailable,
     /// Our lease expired and the task went to someone else (or was cancelled).
@@ -99,9 +96,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("prefix", &self.keys.prefix())
-            .finish()
+        f.debug_struct("Queue").field("prefix", &self.keys.prefix()).finish()
     }
 }
 
@@ -114,24 +109,15 @@ impl Queue {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-        Ok(Queue {
-            client,
-            conn,
-            keys: Keys::new(partition),
-        })
+        Ok(Queue { client, conn, keys: Keys::new(partition) })
     }
 
     /// A handle with a connection of its own, for blocking reads ([`Queue::read_bindings`]):
     /// a blocked command on the shared multiplexed connection would stall every other caller.
     pub async fn dedicated(&self, block: Duration) -> Result<Queue, QueueError> {
-        let config =
-            ConnectionManagerConfig::new().set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        let config = ConnectionManagerConfig::new().set_response_timeout(Some(block + RESPONSE_TIMEOUT));
         let conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-        Ok(Queue {
-            client: self.client.clone(),
-            conn,
-            keys: self.keys.clone(),
-        })
+        Ok(Queue { client: self.client.clone(), conn, keys: self.keys.clone() })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -144,19 +130,13 @@ impl Queue {
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
     /// Queues a task (ready now, or after `delay`). Returns its sequence number, or `None`
     /// if the task was already queued (enqueue is idempotent on the task id).
-    pub async fn enqueue(
-        &self,
-        spec: &SchedulingSpec,
-        delay: Duration,
-    ) -> Result<Option<u64>, QueueError> {
+    pub async fn enqueue(&self, spec: &SchedulingSpec, delay: Duration) -> Result<Option<u64>, QueueError> {
         let k = &self.keys;
         let r = spec.reservation();
         let body = serde_json::to_string(spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
@@ -182,12 +162,7 @@ impl Queue {
     }
 
     /// Promotes due work, then leases up to `batch` ready tasks to `owner` for `lease`.
-    pub async fn claim(
-        &self,
-        owner: &str,
-        batch: u32,
-        lease: Duration,
-    ) -> Result<Vec<ClaimedTask>, QueueError> {
+    pub async fn claim(&self, owner: &str, batch: u32, lease: Duration) -> Result<Vec<ClaimedTask>, QueueError> {
         let k = &self.keys;
         let flat: Vec<String> = SCRIPTS
             .claim
@@ -203,14 +178,11 @@ impl Queue {
             .await?;
         flat.chunks_exact(4)
             .map(|c| {
-                let mut spec: SchedulingSpec = serde_json::from_str(&c[1])
-                    .map_err(|e| QueueError::Corrupt(format!("task {}: {e}", c[0])))?;
-                spec.seq = c[2]
-                    .parse()
-                    .map_err(|_| QueueError::Corrupt(format!("task {}: seq {:?}", c[0], c[2])))?;
-                spec.attempt = c[3].parse().map_err(|_| {
-                    QueueError::Corrupt(format!("task {}: attempt {:?}", c[0], c[3]))
-                })?;
+                let mut spec: SchedulingSpec =
+                    serde_json::from_str(&c[1]).map_err(|e| QueueError::Corrupt(format!("task {}: {e}", c[0])))?;
+                spec.seq = c[2].parse().map_err(|_| QueueError::Corrupt(format!("task {}: seq {:?}", c[0], c[2])))?;
+                spec.attempt =
+                    c[3].parse().map_err(|_| QueueError::Corrupt(format!("task {}: attempt {:?}", c[0], c[3])))?;
                 Ok(ClaimedTask { spec })
             })
             .collect()
@@ -218,12 +190,7 @@ impl Queue {
 
     /// Reserves the task's capacity on `node` and emits its binding, if `owner` still holds
     /// the lease and the node still has room.
-    pub async fn reserve(
-        &self,
-        task: &SchedulingSpec,
-        owner: &str,
-        node: &str,
-    ) -> Result<ReserveOutcome, QueueError> {
+    pub async fn reserve(&self, task: &SchedulingSpec, owner: &str, node: &str) -> Result<ReserveOutcome, QueueError> {
         let k = &self.keys;
         let r: Vec<i64> = SCRIPTS
             .reserve
@@ -253,13 +220,7 @@ impl Queue {
 
     /// Hands a claimed task back: to ready now (`delay` zero) or after `delay`, recording
     /// `reason` for "why pending". Returns false if the lease was no longer ours.
-    pub async fn unlease(
-        &self,
-        task_id: Uuid,
-        owner: &str,
-        delay: Duration,
-        reason: &str,
-    ) -> Result<bool, QueueError> {
+    pub async fn unlease(&self, task_id: Uuid, owner: &str, delay: Duration, reason: &str) -> Result<bool, QueueError> {
         let k = &self.keys;
         let n: i64 = SCRIPTS
             .unlease
@@ -284,22 +245,11 @@ impl Queue {
 
     /// Attempt `attempt` failed and will be retried after `delay`: release its reservation
     /// and queue attempt `attempt + 1`. A repeat for the same attempt changes nothing.
-    pub async fn retry(
-        &self,
-        task_id: Uuid,
-        attempt: u32,
-        delay: Duration,
-    ) -> Result<bool, QueueError> {
+    pub async fn retry(&self, task_id: Uuid, attempt: u32, delay: Duration) -> Result<bool, QueueError> {
         self.release(task_id, "retry", attempt, delay).await
     }
 
-    async fn release(
-        &self,
-        task_id: Uuid,
-        mode: &str,
-        attempt: u32,
-        delay: Duration,
-    ) -> Result<bool, QueueError> {
+    async fn release(&self, task_id: Uuid, mode: &str, attempt: u32, delay: Duration) -> Result<bool, QueueError> {
         let k = &self.keys;
         let n: i64 = SCRIPTS
             .release
@@ -320,11 +270,8 @@ impl Queue {
     /// Publishes a node's capacity and scheduling facts; keeps its reservations.
     pub async fn upsert_node(&self, node: &NodeView) -> Result<bool, QueueError> {
         let k = &self.keys;
-        let meta = serde_json::to_string(&NodeMeta {
-            labels: node.labels.clone(),
-            taints: node.taints.clone(),
-        })
-        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let meta = serde_json::to_string(&NodeMeta { labels: node.labels.clone(), taints: node.taints.clone() })
+            .map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let n: i64 = SCRIPTS
             .upsert_node
             .key(k.nodes())
@@ -343,10 +290,8 @@ impl Queue {
 
     /// The ledger's version: it moves whenever any node or reservation changes.
     pub async fn nodes_version(&self) -> Result<u64, QueueError> {
-        let v: Option<u64> = redis::cmd("GET")
-            .arg(self.keys.nodes_version())
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let v: Option<u64> =
+            redis::cmd("GET").arg(self.keys.nodes_version()).query_async(&mut self.conn.clone()).await?;
         Ok(v.unwrap_or(0))
     }
 
@@ -364,11 +309,8 @@ impl Queue {
         for n in &names {
             pipe.cmd("HGETALL").arg(self.keys.node(n));
         }
-        let hashes: Vec<HashMap<String, String>> = if names.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await?
-        };
+        let hashes: Vec<HashMap<String, String>> =
+            if names.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
         let mut nodes = Vec::with_capacity(names.len());
         for (name, h) in names.into_iter().zip(hashes) {
             if h.is_empty() {
@@ -380,15 +322,10 @@ impl Queue {
                     .map(|x| x.max(0) as u64)
                     .map_err(|_| QueueError::Corrupt(format!("node {name} field {f}={v:?}")))
             };
-            let meta: NodeMeta =
-                serde_json::from_str(h.get("meta").map(String::as_str).unwrap_or("{}"))
-                    .map_err(|e| QueueError::Corrupt(format!("node {name} meta: {e}")))?;
+            let meta: NodeMeta = serde_json::from_str(h.get("meta").map(String::as_str).unwrap_or("{}"))
+                .map_err(|e| QueueError::Corrupt(format!("node {name} meta: {e}")))?;
             nodes.push(NodeView {
-                allocatable: Resources::new(
-                    num("alloc_cpu")?,
-                    num("alloc_mem")?,
-                    num("alloc_gpu")?,
-                ),
+                allocatable: Resources::new(num("alloc_cpu")?, num("alloc_mem")?, num("alloc_gpu")?),
                 requested: Resources::new(num("res_cpu")?, num("res_mem")?, num("res_gpu")?),
                 labels: meta.labels,
                 taints: meta.taints,
@@ -397,18 +334,13 @@ impl Queue {
             });
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(ClusterSnapshot {
-            version: version.unwrap_or(0),
-            nodes,
-        })
+        Ok(ClusterSnapshot { version: version.unwrap_or(0), nodes })
     }
 
     /// Resources held by one tenant's bound tasks.
     pub async fn tenant_usage(&self, tenant: &str) -> Result<Resources, QueueError> {
-        let h: HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(self.keys.usage(tenant))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let h: HashMap<String, i64> =
+            redis::cmd("HGETALL").arg(self.keys.usage(tenant)).query_async(&mut self.conn.clone()).await?;
         let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
         Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
     }
@@ -420,12 +352,7 @@ impl Queue {
             .arg(&["state", "node", "reason", "attempt"])
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(f.0.map(|state| TaskState {
-            state,
-            node: f.1,
-            reason: f.2,
-            attempt: f.3.unwrap_or(0),
-        }))
+        Ok(f.0.map(|state| TaskState { state, node: f.1, reason: f.2, attempt: f.3.unwrap_or(0) }))
     }
 
     /// Creates the executors' consumer group if it does not exist yet.
@@ -465,9 +392,7 @@ impl Queue {
             .arg(">")
             .query_async(&mut self.conn.clone())
             .await?;
-        let ids = reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let ids = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>()).unwrap_or_default();
         ids.iter().map(parse_binding).collect()
     }
 
@@ -527,12 +452,7 @@ impl Queue {
     }
 
     /// Takes or renews the singleton lease of `role` for `holder`; true while `holder` has it.
-    pub async fn hold_leader(
-        &self,
-        role: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    pub async fn hold_leader(&self, role: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
         let held: i64 = redis::Script::new(
             "local cur = redis.call('GET', KEYS[1])
              if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
@@ -550,10 +470,7 @@ impl Queue {
     /// Deletes every key of this partition. For tests and `berth dev --reset` only.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
-        let pattern = format!(
-            "{}*",
-            self.keys.prefix().replace('{', "\\{").replace('}', "\\}")
-        );
+        let pattern = format!("{}*", self.keys.prefix().replace('{', "\\{").replace('}', "\\}"));
         let mut cursor = 0u64;
         let mut deleted = 0u64;
         loop {
@@ -579,18 +496,13 @@ impl Queue {
 
 fn parse_binding(e: &StreamId) -> Result<Binding, QueueError> {
     let field = |f: &str| -> Result<String, QueueError> {
-        e.get::<String>(f)
-            .ok_or_else(|| QueueError::Corrupt(format!("binding {} lacks {f}", e.id)))
+        e.get::<String>(f).ok_or_else(|| QueueError::Corrupt(format!("binding {} lacks {f}", e.id)))
     };
     let task = field("task")?;
     Ok(Binding {
         entry_id: e.id.clone(),
-        task_id: task
-            .parse()
-            .map_err(|_| QueueError::Corrupt(format!("binding {} task {task:?}", e.id)))?,
+        task_id: task.parse().map_err(|_| QueueError::Corrupt(format!("binding {} task {task:?}", e.id)))?,
         node: field("node")?,
-        attempt: field("attempt")?
-            .parse()
-            .map_err(|_| QueueError::Corrupt(format!("binding {} attempt", e.id)))?,
+        attempt: field("attempt")?.parse().map_err(|_| QueueError::Corrupt(format!("binding {} attempt", e.id)))?,
     })
 }

@@ -58,11 +58,7 @@ pub fn summarize(total_nodes: usize, counts: &BTreeMap<String, usize>) -> String
 /// Places `candidates` on `snapshot` in the profile's queue order. Each placement is assumed
 /// for the candidates after it, so one batch never over-commits a node by itself.
 /// Decisions come back in queue order.
-pub fn decide(
-    snapshot: &ClusterSnapshot,
-    candidates: &[SchedulingSpec],
-    profile: &Profile,
-) -> Vec<Decision> {
+pub fn decide(snapshot: &ClusterSnapshot, candidates: &[SchedulingSpec], profile: &Profile) -> Vec<Decision> {
     let mut order: Vec<&SchedulingSpec> = candidates.iter().collect();
     order.sort_by(|a, b| profile.compare(a, b));
     let mut nodes = snapshot.nodes.clone();
@@ -92,12 +88,7 @@ pub fn decide(
         let (total, _, best, scores) = feasible[0].clone();
         let node = &mut nodes[best];
         node.requested = node.requested.saturating_add(&task.reservation());
-        out.push(Decision::Place {
-            task_id: task.task_id,
-            node: node.name.clone(),
-            scores,
-            total,
-        });
+        out.push(Decision::Place { task_id: task.task_id, node: node.name.clone(), scores, total });
     }
     out
 }
@@ -138,20 +129,12 @@ mod tests {
 
     #[test]
     fn a_batch_never_overcommits_a_node_by_itself() {
-        let snap = ClusterSnapshot {
-            version: 1,
-            nodes: vec![node("a", 4000, 0)],
-        };
+        let snap = ClusterSnapshot { version: 1, nodes: vec![node("a", 4000, 0)] };
         let tasks: Vec<_> = (0..6).map(|i| task(i, 1000, 0, 0)).collect();
         let d = decide(&snap, &tasks, &profile());
-        let placed = d
-            .iter()
-            .filter(|d| matches!(d, Decision::Place { .. }))
-            .count();
+        let placed = d.iter().filter(|d| matches!(d, Decision::Place { .. })).count();
         assert_eq!(placed, 4);
-        let Decision::Unschedulable { reason, .. } = &d[5] else {
-            panic!("{d:?}")
-        };
+        let Decision::Unschedulable { reason, .. } = &d[5] else { panic!("{d:?}") };
         assert_eq!(reason, "0/1 nodes fit: 1 insufficient cpu");
     }
 
@@ -159,28 +142,15 @@ mod tests {
     fn most_allocated_packs_onto_the_fuller_node() {
         let mut busy = node("busy", 8000, 0);
         busy.requested = Resources::new(4000, 0, 0);
-        let snap = ClusterSnapshot {
-            version: 1,
-            nodes: vec![node("empty", 8000, 0), busy],
-        };
+        let snap = ClusterSnapshot { version: 1, nodes: vec![node("empty", 8000, 0), busy] };
         let d = decide(&snap, &[task(1, 1000, 0, 0)], &profile());
-        assert!(
-            matches!(&d[0], Decision::Place { node, .. } if node == "busy"),
-            "{d:?}"
-        );
+        assert!(matches!(&d[0], Decision::Place { node, .. } if node == "busy"), "{d:?}");
     }
 
     #[test]
     fn higher_priority_is_placed_first_when_room_is_short() {
-        let snap = ClusterSnapshot {
-            version: 1,
-            nodes: vec![node("a", 1000, 0)],
-        };
-        let d = decide(
-            &snap,
-            &[task(1, 1000, 0, 0), task(2, 1000, 0, 90)],
-            &profile(),
-        );
+        let snap = ClusterSnapshot { version: 1, nodes: vec![node("a", 1000, 0)] };
+        let d = decide(&snap, &[task(1, 1000, 0, 0), task(2, 1000, 0, 90)], &profile());
         assert_eq!(d[0].task_id(), Uuid::from_u128(2));
         assert!(matches!(d[0], Decision::Place { .. }));
         assert!(matches!(d[1], Decision::Unschedulable { .. }));
@@ -190,28 +160,17 @@ mod tests {
     fn reasons_are_counted_per_filter() {
         let mut labelled = node("l", 16000, 0);
         labelled.labels.insert("zone".into(), "a".into());
-        let snap = ClusterSnapshot {
-            version: 1,
-            nodes: vec![node("a", 16000, 2), node("b", 16000, 2), labelled],
-        };
+        let snap = ClusterSnapshot { version: 1, nodes: vec![node("a", 16000, 2), node("b", 16000, 2), labelled] };
         let mut t = task(1, 1000, 2, 0);
         t.node_selector.insert("zone".into(), "a".into());
         let d = decide(&snap, &[t], &profile());
-        let Decision::Unschedulable { reason, .. } = &d[0] else {
-            panic!()
-        };
-        assert_eq!(
-            reason,
-            "0/3 nodes fit: 2 node selector mismatch, 1 insufficient nvidia.com/gpu"
-        );
+        let Decision::Unschedulable { reason, .. } = &d[0] else { panic!() };
+        assert_eq!(reason, "0/3 nodes fit: 2 node selector mismatch, 1 insufficient nvidia.com/gpu");
     }
 
     #[test]
     fn decisions_are_deterministic_and_spread_ties() {
-        let snap = ClusterSnapshot {
-            version: 1,
-            nodes: (0..8).map(|i| node(&format!("n{i}"), 8000, 0)).collect(),
-        };
+        let snap = ClusterSnapshot { version: 1, nodes: (0..8).map(|i| node(&format!("n{i}"), 8000, 0)).collect() };
         let tasks: Vec<_> = (0..8).map(|i| task(i, 100, 0, 0)).collect();
         let a = decide(&snap, &tasks[..1], &profile());
         let b = decide(&snap, &tasks[..1], &profile());
@@ -219,12 +178,10 @@ mod tests {
         // Different tasks on an empty, uniform cluster do not all pick the same node.
         let firsts: std::collections::BTreeSet<String> = tasks
             .iter()
-            .map(
-                |t| match &decide(&snap, std::slice::from_ref(t), &profile())[0] {
-                    Decision::Place { node, .. } => node.clone(),
-                    d => panic!("{d:?}"),
-                },
-            )
+            .map(|t| match &decide(&snap, std::slice::from_ref(t), &profile())[0] {
+                Decision::Place { node, .. } => node.clone(),
+                d => panic!("{d:?}"),
+            })
             .collect();
         assert!(firsts.len() > 1, "{firsts:?}");
     }
@@ -232,9 +189,7 @@ mod tests {
     #[test]
     fn an_empty_cluster_says_so() {
         let d = decide(&ClusterSnapshot::default(), &[task(1, 1, 0, 0)], &profile());
-        let Decision::Unschedulable { reason, .. } = &d[0] else {
-            panic!()
-        };
+        let Decision::Unschedulable { reason, .. } = &d[0] else { panic!() };
         assert_eq!(reason, "0/0 nodes fit: the cluster has no nodes");
     }
 }

@@ -54,14 +54,7 @@ pub async fn run(
 ) -> Result<(), SchedulerError> {
     let profile = Profile::build(&config.profile)?;
     info!(%owner, ?profile, "scheduler started");
-    let mut replica = Replica {
-        queue,
-        config,
-        profile,
-        owner,
-        snapshot: ClusterSnapshot::default(),
-        stats,
-    };
+    let mut replica = Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), stats };
     tokio::pin!(shutdown);
     loop {
         let idle = tokio::select! {
@@ -89,10 +82,7 @@ pub async fn run(
 impl Replica {
     /// One cycle; returns how many tasks it claimed.
     async fn cycle(&mut self) -> Result<usize, QueueError> {
-        let claimed = self
-            .queue
-            .claim(&self.owner, self.config.batch_size, self.config.lease_ttl)
-            .await?;
+        let claimed = self.queue.claim(&self.owner, self.config.batch_size, self.config.lease_ttl).await?;
         self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         if claimed.is_empty() {
             return Ok(0);
@@ -101,10 +91,7 @@ impl Replica {
         let specs: Vec<SchedulingSpec> = claimed.into_iter().map(|c| c.spec).collect();
         let decisions = decide(&self.snapshot, &specs, &self.profile);
         for decision in decisions {
-            let spec = specs
-                .iter()
-                .find(|s| s.task_id == decision.task_id())
-                .expect("decision for a claimed task");
+            let spec = specs.iter().find(|s| s.task_id == decision.task_id()).expect("decision for a claimed task");
             self.apply(spec, decision).await?;
         }
         Ok(specs.len())
@@ -118,24 +105,13 @@ impl Replica {
         Ok(())
     }
 
-    async fn apply(
-        &mut self,
-        spec: &SchedulingSpec,
-        mut decision: Decision,
-    ) -> Result<(), QueueError> {
+    async fn apply(&mut self, spec: &SchedulingSpec, mut decision: Decision) -> Result<(), QueueError> {
         for _ in 0..=self.config.max_conflict_retries {
             let node = match &decision {
                 Decision::Unschedulable { reason, .. } => {
                     self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
                     debug!(task = %spec.task_id, %reason, "unschedulable");
-                    self.queue
-                        .unlease(
-                            spec.task_id,
-                            &self.owner,
-                            self.config.unschedulable_backoff,
-                            reason,
-                        )
-                        .await?;
+                    self.queue.unlease(spec.task_id, &self.owner, self.config.unschedulable_backoff, reason).await?;
                     return Ok(());
                 }
                 Decision::Place { node, .. } => node.clone(),
@@ -153,10 +129,7 @@ impl Replica {
                     self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                ReserveOutcome::NoRoom {
-                    allocatable,
-                    reserved,
-                } => {
+                ReserveOutcome::NoRoom { allocatable, reserved } => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     if let Some(n) = self.snapshot.node_mut(&node) {
                         n.allocatable = allocatable;
@@ -174,9 +147,7 @@ impl Replica {
             decision = decide(&self.snapshot, std::slice::from_ref(spec), &self.profile).remove(0);
         }
         // Lost every race this cycle: back to ready, to be tried with a fresh snapshot.
-        self.queue
-            .unlease(spec.task_id, &self.owner, Duration::ZERO, "")
-            .await?;
+        self.queue.unlease(spec.task_id, &self.owner, Duration::ZERO, "").await?;
         Ok(())
     }
 }

@@ -58,19 +58,9 @@ impl JobRequest {
 /// What happened to one attempt's Job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobPhase {
-    Running {
-        node: String,
-        at: DateTime<Utc>,
-    },
-    Succeeded {
-        at: DateTime<Utc>,
-    },
-    Failed {
-        exit_code: Option<i32>,
-        reason: String,
-        message: String,
-        at: DateTime<Utc>,
-    },
+    Running { node: String, at: DateTime<Utc> },
+    Succeeded { at: DateTime<Utc> },
+    Failed { exit_code: Option<i32>, reason: String, message: String, at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

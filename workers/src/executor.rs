@@ -35,11 +35,7 @@ pub enum ExecutorError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error("task {task} has malformed {field}: {message}")]
-    MalformedTask {
-        task: Uuid,
-        field: &'static str,
-        message: String,
-    },
+    MalformedTask { task: Uuid, field: &'static str, message: String },
 }
 
 /// Bindings read per call.
@@ -83,27 +79,19 @@ fn json_map(
 ) -> Result<BTreeMap<String, String>, ExecutorError> {
     match v {
         None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
-        Some(v) => serde_json::from_value(v).map_err(|e| ExecutorError::MalformedTask {
-            task,
-            field,
-            message: e.to_string(),
-        }),
+        Some(v) => {
+            serde_json::from_value(v).map_err(|e| ExecutorError::MalformedTask { task, field, message: e.to_string() })
+        }
     }
 }
 
 impl TaskRow {
     fn job(self, binding: &Binding) -> Result<JobRequest, ExecutorError> {
         let id = self.id;
-        let malformed = |field, message: String| ExecutorError::MalformedTask {
-            task: id,
-            field,
-            message,
-        };
+        let malformed = |field, message: String| ExecutorError::MalformedTask { task: id, field, message };
         let tolerations: Vec<Toleration> = match self.tolerations {
             None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(v) => {
-                serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?
-            }
+            Some(v) => serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?,
         };
         Ok(JobRequest {
             name: JobRequest::job_name(id, binding.attempt),
@@ -139,13 +127,7 @@ pub async fn run(
 ) -> Result<(), ExecutorError> {
     queue.ensure_binding_group().await?;
     let events = cluster.take_events()?;
-    let executor = Arc::new(Executor {
-        pool,
-        queue,
-        cluster,
-        config,
-        consumer,
-    });
+    let executor = Arc::new(Executor { pool, queue, cluster, config, consumer });
     let (stop_tx, stop_rx) = watch::channel(false);
     let bindings = tokio::spawn(executor.clone().binding_loop(stop_rx.clone()));
     let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx));
@@ -176,15 +158,11 @@ impl Executor {
         while !*stop.borrow() {
             let batch = if tokio::time::Instant::now() >= next_reclaim {
                 next_reclaim = tokio::time::Instant::now() + self.config.claim_idle / 2;
-                reader
-                    .reclaim_bindings(&self.consumer, self.config.claim_idle, READ_BATCH)
-                    .await
+                reader.reclaim_bindings(&self.consumer, self.config.claim_idle, READ_BATCH).await
             } else {
                 // Not raced against `stop`: a read dropped midway could lose delivered entries
                 // to the pending list until another executor reclaims them.
-                reader
-                    .read_bindings(&self.consumer, READ_BATCH, READ_BLOCK)
-                    .await
+                reader.read_bindings(&self.consumer, READ_BATCH, READ_BLOCK).await
             };
             match batch {
                 Ok(bindings) => {
@@ -250,16 +228,9 @@ impl Executor {
             self.queue.finish(b.task_id).await?;
             return Ok(());
         };
-        let status: TaskStatus =
-            row.status
-                .parse()
-                .map_err(
-                    |e: berth_core::task::UnknownStatus| ExecutorError::MalformedTask {
-                        task: b.task_id,
-                        field: "status",
-                        message: e.to_string(),
-                    },
-                )?;
+        let status: TaskStatus = row.status.parse().map_err(|e: berth_core::task::UnknownStatus| {
+            ExecutorError::MalformedTask { task: b.task_id, field: "status", message: e.to_string() }
+        })?;
         let current = row.current_retry_count.unwrap_or(0).max(0) as u32;
         if status.is_terminal() {
             self.queue.finish(b.task_id).await?;
@@ -297,28 +268,12 @@ impl Executor {
         .execute(&self.pool)
         .await?;
         if moved == 1 {
-            self.publish(
-                b.task_id,
-                tenant_id,
-                TaskStatus::Scheduled,
-                b.attempt,
-                Some(b.node.clone()),
-                None,
-            )
-            .await;
+            self.publish(b.task_id, tenant_id, TaskStatus::Scheduled, b.attempt, Some(b.node.clone()), None).await;
         }
         if let Err(e) = self.cluster.create_job(&job).await {
             warn!(error = %e, task = %b.task_id, "job creation failed; failing the attempt");
             let now = Utc::now();
-            self.attempt_failed(
-                b.task_id,
-                b.attempt,
-                None,
-                "JobCreateFailed",
-                &e.to_string(),
-                now,
-            )
-            .await?;
+            self.attempt_failed(b.task_id, b.attempt, None, "JobCreateFailed", &e.to_string(), now).await?;
         }
         Ok(())
     }
@@ -350,15 +305,7 @@ impl Executor {
                 .execute(&self.pool)
                 .await?;
                 if let Some((tenant,)) = r {
-                    self.publish(
-                        e.task_id,
-                        tenant,
-                        TaskStatus::Running,
-                        e.attempt,
-                        Some(node.clone()),
-                        None,
-                    )
-                    .await;
+                    self.publish(e.task_id, tenant, TaskStatus::Running, e.attempt, Some(node.clone()), None).await;
                 }
             }
             JobPhase::Succeeded { at } => {
@@ -390,25 +337,11 @@ impl Executor {
                 // between the two.
                 self.queue.finish(e.task_id).await?;
                 if let Some((tenant,)) = r {
-                    self.publish(
-                        e.task_id,
-                        tenant,
-                        TaskStatus::Succeeded,
-                        e.attempt,
-                        None,
-                        None,
-                    )
-                    .await;
+                    self.publish(e.task_id, tenant, TaskStatus::Succeeded, e.attempt, None, None).await;
                 }
             }
-            JobPhase::Failed {
-                exit_code,
-                reason,
-                message,
-                at,
-            } => {
-                self.attempt_failed(e.task_id, e.attempt, *exit_code, reason, message, *at)
-                    .await?;
+            JobPhase::Failed { exit_code, reason, message, at } => {
+                self.attempt_failed(e.task_id, e.attempt, *exit_code, reason, message, *at).await?;
             }
         }
         Ok(())
@@ -460,15 +393,9 @@ impl Executor {
             }
             return Ok(());
         };
-        let (current, max) = (
-            current.unwrap_or(0).max(0) as u32,
-            max.unwrap_or(0).max(0) as u32,
-        );
+        let (current, max) = (current.unwrap_or(0).max(0) as u32, max.unwrap_or(0).max(0) as u32);
         if current < max {
-            let delay = self
-                .config
-                .retry
-                .delay(current, rand::rng().random::<f64>());
+            let delay = self.config.retry.delay(current, rand::rng().random::<f64>());
             let not_before = at + chrono::Duration::from_std(delay).unwrap_or_default();
             sqlx::query(
                 "update tasks set status = 'pending', current_retry_count = $2, not_before = $3, error_message = $4,
@@ -484,15 +411,7 @@ impl Executor {
             tx.commit().await?;
             self.queue.retry(task_id, attempt, delay).await?;
             info!(task = %task_id, attempt, retry_in = ?delay, %error, "attempt failed; retrying");
-            self.publish(
-                task_id,
-                tenant,
-                TaskStatus::Pending,
-                attempt + 1,
-                None,
-                Some(error),
-            )
-            .await;
+            self.publish(task_id, tenant, TaskStatus::Pending, attempt + 1, None, Some(error)).await;
         } else {
             sqlx::query(
                 "update tasks set status = 'failed', completed_at = $2, error_message = $3, updated_at = now() where id = $1",
@@ -505,15 +424,7 @@ impl Executor {
             tx.commit().await?;
             self.queue.finish(task_id).await?;
             info!(task = %task_id, attempt, %error, "task failed");
-            self.publish(
-                task_id,
-                tenant,
-                TaskStatus::Failed,
-                attempt,
-                None,
-                Some(error),
-            )
-            .await;
+            self.publish(task_id, tenant, TaskStatus::Failed, attempt, None, Some(error)).await;
         }
         Ok(())
     }
@@ -528,14 +439,7 @@ impl Executor {
         node: Option<String>,
         message: Option<String>,
     ) {
-        let ev = TaskEvent {
-            task_id,
-            tenant_id,
-            status,
-            attempt,
-            node,
-            message,
-        };
+        let ev = TaskEvent { task_id, tenant_id, status, attempt, node, message };
         if let Err(e) = self.queue.publish_event(&ev).await {
             warn!(error = %e, task = %task_id, "publishing task event failed");
         }

@@ -23,12 +23,7 @@ pub async fn publish_once(cluster: &dyn Cluster, queue: &Queue) -> Result<usize,
 }
 
 /// Publishes the nodes now and every `every` until `shutdown`.
-pub async fn run(
-    cluster: Arc<dyn Cluster>,
-    queue: Queue,
-    every: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(cluster: Arc<dyn Cluster>, queue: Queue, every: Duration, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         match publish_once(cluster.as_ref(), &queue).await {

@@ -34,24 +34,16 @@ struct PendingRow {
 
 /// The scheduling view of a stored task.
 fn spec_of(r: PendingRow) -> Result<(SchedulingSpec, Option<DateTime<Utc>>), ExecutorError> {
-    let malformed = |field, message: String| ExecutorError::MalformedTask {
-        task: r.id,
-        field,
-        message,
-    };
-    let requests = Resources::from_requirements_json(&r.resource_requests)
-        .map_err(|e| malformed("resource_requests", e))?;
+    let malformed = |field, message: String| ExecutorError::MalformedTask { task: r.id, field, message };
+    let requests =
+        Resources::from_requirements_json(&r.resource_requests).map_err(|e| malformed("resource_requests", e))?;
     let node_selector = match r.node_selector.clone() {
         None | Some(serde_json::Value::Null) => Default::default(),
-        Some(v) => {
-            serde_json::from_value(v).map_err(|e| malformed("node_selector", e.to_string()))?
-        }
+        Some(v) => serde_json::from_value(v).map_err(|e| malformed("node_selector", e.to_string()))?,
     };
     let tolerations: Vec<Toleration> = match r.tolerations.clone() {
         None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(v) => {
-            serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?
-        }
+        Some(v) => serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?,
     };
     let spec = SchedulingSpec {
         task_id: r.id,
@@ -67,11 +59,7 @@ fn spec_of(r: PendingRow) -> Result<(SchedulingSpec, Option<DateTime<Utc>>), Exe
 }
 
 /// One pass: returns how many tasks it enqueued.
-pub async fn reconcile_once(
-    pool: &PgPool,
-    queue: &Queue,
-    min_age: Duration,
-) -> Result<usize, ExecutorError> {
+pub async fn reconcile_once(pool: &PgPool, queue: &Queue, min_age: Duration) -> Result<usize, ExecutorError> {
     let rows: Vec<PendingRow> = sqlx::query_as(
         "select t.id, n.name as tenant_name, t.resource_requests, t.priority, t.node_selector, t.tolerations,
                 t.current_retry_count, t.not_before
@@ -97,9 +85,7 @@ pub async fn reconcile_once(
                 continue;
             }
         };
-        let delay = not_before
-            .and_then(|t| (t - Utc::now()).to_std().ok())
-            .unwrap_or(Duration::ZERO);
+        let delay = not_before.and_then(|t| (t - Utc::now()).to_std().ok()).unwrap_or(Duration::ZERO);
         if queue.enqueue(&spec, delay).await?.is_some() {
             enqueued += 1;
         }
@@ -108,22 +94,13 @@ pub async fn reconcile_once(
 }
 
 /// Runs passes every `every` while this process holds the reconciler lease.
-pub async fn run(
-    pool: PgPool,
-    queue: Queue,
-    holder: String,
-    every: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(pool: PgPool, queue: Queue, holder: String, every: Duration, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         match queue.hold_leader("reconciler", &holder, every * 3).await {
             Ok(true) => match reconcile_once(&pool, &queue, Duration::from_secs(2)).await {
                 Ok(0) => {}
-                Ok(n) => info!(
-                    enqueued = n,
-                    "reconciler enqueued pending tasks missing from Redis"
-                ),
+                Ok(n) => info!(enqueued = n, "reconciler enqueued pending tasks missing from Redis"),
                 Err(e) => warn!(error = %e, "reconcile pass failed"),
             },
             Ok(false) => {}

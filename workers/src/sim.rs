@@ -25,9 +25,7 @@ pub struct SimCluster {
 
 impl std::fmt::Debug for SimCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimCluster")
-            .field("nodes", &self.nodes.len())
-            .finish()
+        f.debug_struct("SimCluster").field("nodes", &self.nodes.len()).finish()
     }
 }
 
@@ -88,19 +86,11 @@ impl Cluster for SimCluster {
             }),
         };
         let (tx, start_delay) = (self.tx.clone(), self.start_delay);
-        let (task_id, attempt, node, name) =
-            (job.task_id, job.attempt, job.node.clone(), job.name.clone());
+        let (task_id, attempt, node, name) = (job.task_id, job.attempt, job.node.clone(), job.name.clone());
         debug!(job = %name, %node, ?duration, exit_code, "sim job created");
         let handle = tokio::spawn(async move {
             tokio::time::sleep(start_delay).await;
-            let _ = tx.send(JobEvent {
-                task_id,
-                attempt,
-                phase: JobPhase::Running {
-                    node,
-                    at: Utc::now(),
-                },
-            });
+            let _ = tx.send(JobEvent { task_id, attempt, phase: JobPhase::Running { node, at: Utc::now() } });
             tokio::time::sleep(duration).await;
             let phase = if exit_code == 0 {
                 JobPhase::Succeeded { at: Utc::now() }
@@ -112,11 +102,7 @@ impl Cluster for SimCluster {
                     at: Utc::now(),
                 }
             };
-            let _ = tx.send(JobEvent {
-                task_id,
-                attempt,
-                phase,
-            });
+            let _ = tx.send(JobEvent { task_id, attempt, phase });
         });
         jobs.insert(name, handle);
         Ok(())
@@ -130,11 +116,7 @@ impl Cluster for SimCluster {
     }
 
     fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError> {
-        self.rx
-            .lock()
-            .expect("sim rx lock")
-            .take()
-            .ok_or(ClusterError::EventsTaken)
+        self.rx.lock().expect("sim rx lock").take().ok_or(ClusterError::EventsTaken)
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {
@@ -161,10 +143,7 @@ mod tests {
             command: vec![],
             args: vec![],
             env: BTreeMap::new(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             requests: Resources::ZERO,
             limits: Resources::ZERO,
             node_selector: BTreeMap::new(),
@@ -176,31 +155,14 @@ mod tests {
     async fn a_sim_job_runs_for_its_duration_and_exits_with_its_code() {
         let sim = SimCluster::new(&ClusterConfig::default());
         let mut rx = sim.take_events().unwrap();
-        sim.create_job(&job(&[
-            (sim::DURATION_LABEL, "2s"),
-            (sim::EXIT_CODE_LABEL, "3"),
-        ]))
-        .await
-        .unwrap();
+        sim.create_job(&job(&[(sim::DURATION_LABEL, "2s"), (sim::EXIT_CODE_LABEL, "3")])).await.unwrap();
         // A repeated create is the same Job, not a second one.
         sim.create_job(&job(&[])).await.unwrap();
         assert_eq!(sim.live_jobs(), 1);
         let t0 = tokio::time::Instant::now();
-        assert!(matches!(
-            rx.recv().await.unwrap().phase,
-            JobPhase::Running { .. }
-        ));
+        assert!(matches!(rx.recv().await.unwrap().phase, JobPhase::Running { .. }));
         let end = rx.recv().await.unwrap();
-        assert!(
-            matches!(
-                end.phase,
-                JobPhase::Failed {
-                    exit_code: Some(3),
-                    ..
-                }
-            ),
-            "{end:?}"
-        );
+        assert!(matches!(end.phase, JobPhase::Failed { exit_code: Some(3), .. }), "{end:?}");
         assert!(t0.elapsed() >= Duration::from_secs(2));
     }
 
@@ -208,9 +170,7 @@ mod tests {
     async fn a_deleted_sim_job_never_finishes() {
         let sim = SimCluster::new(&ClusterConfig::default());
         let mut rx = sim.take_events().unwrap();
-        sim.create_job(&job(&[(sim::DURATION_LABEL, "1s")]))
-            .await
-            .unwrap();
+        sim.create_job(&job(&[(sim::DURATION_LABEL, "1s")])).await.unwrap();
         sim.delete_job("tenant-t", "task-x-0").await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(rx.try_recv().is_err());
@@ -221,9 +181,6 @@ mod tests {
     fn the_default_sim_cluster_has_four_nodes() {
         let sim = SimCluster::new(&ClusterConfig::default());
         assert_eq!(sim.nodes.len(), 4);
-        assert_eq!(
-            sim.nodes[0].allocatable,
-            Resources::new(16_000, 64 << 30, 4)
-        );
+        assert_eq!(sim.nodes[0].allocatable, Resources::new(16_000, 64 << 30, 4));
     }
 }

@@ -1,0 +1,42 @@
+# berth: the two commands of the quick start are `make dev` and `make test`.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# The PostgreSQL server that #[sqlx::test] creates its throwaway databases on.
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export BERTH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
+
+.PHONY: dev test services build lint fmt bench clean
+
+## Bring berth up on the simulated cluster (all roles in one process).
+dev: services
+	$(CARGO) run --bin berth -- dev
+
+## Run the whole test suite (unit, Redis, PostgreSQL and end-to-end tests).
+test: services
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		echo "cargo-nextest not found; using cargo test"; \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Start (or install) local PostgreSQL and Redis.
+services:
+	@scripts/services.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	$(CARGO) bench -p berth-bench
+
+clean:
+	$(CARGO) clean

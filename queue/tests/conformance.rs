@@ -1,0 +1,270 @@
+//! The queue's conformance suite, against the real Redis (`BERTH_TEST_REDIS_URL`, default
+//! the local server). Each test uses a partition of its own and removes it afterwards.
+
+use std::time::Duration;
+
+use berth_core::{NodeView, Resources, SchedulingSpec};
+use berth_queue::{Queue, ReserveOutcome};
+use uuid::Uuid;
+
+fn redis_url() -> String {
+    std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+struct TestQueue(Queue, String);
+
+impl TestQueue {
+    async fn new() -> TestQueue {
+        let partition = format!("test-{}", Uuid::new_v4().simple());
+        let q = Queue::connect(&redis_url(), &partition)
+            .await
+            .expect("Redis must be running on BERTH_TEST_REDIS_URL (run `make services`)");
+        q.ping().await.expect("Redis must answer PING (run `make services`)");
+        TestQueue(q, partition)
+    }
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        // Best-effort cleanup, also after a failed assertion. Drop cannot await, and the
+        // test's own connection is driven by the runtime this blocks, so use a fresh one.
+        let partition = self.1.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                if let Ok(q) = Queue::connect(&redis_url(), &partition).await {
+                    let _ = q.purge().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn spec(tenant: &str, priority: u8, cpu: u64) -> SchedulingSpec {
+    SchedulingSpec {
+        task_id: Uuid::new_v4(),
+        tenant: tenant.into(),
+        requests: Resources::new(cpu, 1 << 20, 0),
+        priority,
+        node_selector: Default::default(),
+        tolerations: vec![],
+        attempt: 0,
+        seq: 0,
+    }
+}
+
+fn node(name: &str, cpu: u64, gpu: u64) -> NodeView {
+    NodeView {
+        name: name.into(),
+        allocatable: Resources::new(cpu, 64 << 30, gpu),
+        requested: Resources::ZERO,
+        labels: Default::default(),
+        taints: vec![],
+        schedulable: true,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn enqueue_is_idempotent_on_task_id() {
+    let t = TestQueue::new().await;
+    let s = spec("a", 0, 100);
+    assert!(t.0.enqueue(&s, Duration::ZERO).await.unwrap().is_some());
+    assert_eq!(t.0.enqueue(&s, Duration::ZERO).await.unwrap(), None);
+    let claimed = t.0.claim("s1", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+}
+
+#[tokio::test]
+async fn claim_orders_by_priority_then_submission_across_tenants() {
+    let t = TestQueue::new().await;
+    let low_a = spec("a", 10, 100);
+    let high_b = spec("b", 90, 100);
+    let low_b = spec("b", 10, 100);
+    let mid_a = spec("a", 50, 100);
+    for s in [&low_a, &high_b, &low_b, &mid_a] {
+        t.0.enqueue(s, Duration::ZERO).await.unwrap();
+    }
+    let ids: Vec<Uuid> = t.0.claim("s1", 10, LEASE).await.unwrap().into_iter().map(|c| c.spec.task_id).collect();
+    assert_eq!(ids, vec![high_b.task_id, mid_a.task_id, low_a.task_id, low_b.task_id]);
+}
+
+#[tokio::test]
+async fn claimed_tasks_are_invisible_until_their_lease_expires() {
+    let t = TestQueue::new().await;
+    let s = spec("a", 0, 100);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    let first = t.0.claim("s1", 10, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(t.0.claim("s2", 10, LEASE).await.unwrap().is_empty(), "leased task claimed twice");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = t.0.claim("s2", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1, "an expired lease returns the task to ready");
+    // The first owner's lease is gone: its reservation attempt is refused.
+    t.0.upsert_node(&node("n1", 1000, 0)).await.unwrap();
+    assert_eq!(t.0.reserve(&s, "s1", "n1").await.unwrap(), ReserveOutcome::LeaseLost);
+    assert_eq!(t.0.reserve(&s, "s2", "n1").await.unwrap(), ReserveOutcome::Bound);
+}
+
+#[tokio::test]
+async fn reserve_refuses_when_the_node_is_full_and_reports_its_state() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n1", 1000, 0)).await.unwrap();
+    let a = spec("a", 0, 700);
+    let b = spec("a", 0, 400);
+    t.0.enqueue(&a, Duration::ZERO).await.unwrap();
+    t.0.enqueue(&b, Duration::ZERO).await.unwrap();
+    assert_eq!(t.0.claim("s", 10, LEASE).await.unwrap().len(), 2);
+    assert_eq!(t.0.reserve(&a, "s", "n1").await.unwrap(), ReserveOutcome::Bound);
+    match t.0.reserve(&b, "s", "n1").await.unwrap() {
+        ReserveOutcome::NoRoom { allocatable, reserved } => {
+            assert_eq!(allocatable.cpu_millis, 1000);
+            assert_eq!(reserved.cpu_millis, 700);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.0.reserve(&b, "s", "nope").await.unwrap(), ReserveOutcome::NodeUnavailable);
+    let snap = t.0.snapshot().await.unwrap();
+    assert_eq!(snap.nodes[0].requested.cpu_millis, 700);
+    assert_eq!(t.0.tenant_usage("a").await.unwrap().cpu_millis, 700);
+}
+
+#[tokio::test]
+async fn a_cordoned_node_takes_no_reservation() {
+    let t = TestQueue::new().await;
+    let mut n = node("n1", 1000, 0);
+    n.schedulable = false;
+    t.0.upsert_node(&n).await.unwrap();
+    let s = spec("a", 0, 100);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(t.0.reserve(&s, "s", "n1").await.unwrap(), ReserveOutcome::NodeUnavailable);
+}
+
+#[tokio::test]
+async fn finishing_returns_reservation_and_usage_to_zero_and_is_idempotent() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n1", 4000, 2)).await.unwrap();
+    let mut s = spec("a", 0, 1500);
+    s.requests.gpu = 0; // zero amounts exercise the "-0" path of HINCRBY
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(t.0.reserve(&s, "s", "n1").await.unwrap(), ReserveOutcome::Bound);
+    let v1 = t.0.nodes_version().await.unwrap();
+    assert!(t.0.finish(s.task_id).await.unwrap());
+    assert!(!t.0.finish(s.task_id).await.unwrap(), "a second finish changes nothing");
+    assert!(t.0.nodes_version().await.unwrap() > v1);
+    let snap = t.0.snapshot().await.unwrap();
+    assert_eq!(snap.nodes[0].requested, Resources::ZERO);
+    assert_eq!(t.0.tenant_usage("a").await.unwrap(), Resources::ZERO);
+    assert_eq!(t.0.task_state(s.task_id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn requestless_tasks_reserve_kube_scheduler_defaults() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n1", 4000, 0)).await.unwrap();
+    let mut s = spec("a", 0, 0);
+    s.requests = Resources::ZERO;
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    t.0.reserve(&s, "s", "n1").await.unwrap();
+    let snap = t.0.snapshot().await.unwrap();
+    assert_eq!(snap.nodes[0].requested, Resources::new(100, 200 << 20, 0));
+}
+
+#[tokio::test]
+async fn retry_releases_and_requeues_the_next_attempt_once() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n1", 4000, 0)).await.unwrap();
+    let s = spec("a", 0, 1000);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    t.0.reserve(&s, "s", "n1").await.unwrap();
+    assert!(t.0.retry(s.task_id, 0, Duration::from_millis(150)).await.unwrap());
+    assert!(!t.0.retry(s.task_id, 0, Duration::from_millis(150)).await.unwrap(), "the same failure twice retries once");
+    assert_eq!(t.0.snapshot().await.unwrap().nodes[0].requested, Resources::ZERO);
+    assert!(t.0.claim("s", 1, LEASE).await.unwrap().is_empty(), "the retry waits for its backoff");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let c = t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].spec.attempt, 1);
+    assert_eq!(c[0].spec.seq, 1, "a retry keeps its place in submission order");
+}
+
+#[tokio::test]
+async fn unlease_records_the_reason_and_delays_the_task() {
+    let t = TestQueue::new().await;
+    let s = spec("a", 0, 1000);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    assert!(!t.0.unlease(s.task_id, "other", Duration::ZERO, "").await.unwrap(), "only the owner may unlease");
+    assert!(
+        t.0.unlease(s.task_id, "s", Duration::from_millis(150), "0/1 nodes fit: 1 insufficient cpu").await.unwrap()
+    );
+    let st = t.0.task_state(s.task_id).await.unwrap().unwrap();
+    assert_eq!(st.state, "delayed");
+    assert_eq!(st.reason.as_deref(), Some("0/1 nodes fit: 1 insufficient cpu"));
+    assert!(t.0.claim("s", 1, LEASE).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(t.0.claim("s", 1, LEASE).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bindings_are_delivered_acknowledged_and_reclaimed_from_dead_consumers() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n1", 4000, 0)).await.unwrap();
+    t.0.ensure_binding_group().await.unwrap();
+    t.0.ensure_binding_group().await.unwrap(); // idempotent
+    let (a, b) = (spec("a", 0, 100), spec("a", 0, 100));
+    for s in [&a, &b] {
+        t.0.enqueue(s, Duration::ZERO).await.unwrap();
+    }
+    t.0.claim("s", 2, LEASE).await.unwrap();
+    for s in [&a, &b] {
+        assert_eq!(t.0.reserve(s, "s", "n1").await.unwrap(), ReserveOutcome::Bound);
+    }
+    let reader = t.0.dedicated(Duration::from_millis(100)).await.unwrap();
+    let got = reader.read_bindings("dead", 10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].node, "n1");
+    assert_eq!(got[0].attempt, 0);
+    // "dead" acknowledges one and dies; the other is taken over after it idles.
+    t.0.ack_binding(&got[0].entry_id).await.unwrap();
+    assert!(reader.read_bindings("live", 10, Duration::from_millis(50)).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let taken = t.0.reclaim_bindings("live", Duration::from_millis(50), 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].task_id, got[1].task_id);
+}
+
+#[tokio::test]
+async fn upserting_an_unchanged_node_does_not_move_the_version_and_keeps_reservations() {
+    let t = TestQueue::new().await;
+    let n = node("n1", 4000, 0);
+    assert!(t.0.upsert_node(&n).await.unwrap());
+    let v = t.0.nodes_version().await.unwrap();
+    assert!(!t.0.upsert_node(&n).await.unwrap());
+    assert_eq!(t.0.nodes_version().await.unwrap(), v);
+    let s = spec("a", 0, 1000);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    t.0.reserve(&s, "s", "n1").await.unwrap();
+    let mut bigger = n.clone();
+    bigger.allocatable.cpu_millis = 8000;
+    assert!(t.0.upsert_node(&bigger).await.unwrap());
+    let snap = t.0.snapshot().await.unwrap();
+    assert_eq!(snap.nodes[0].allocatable.cpu_millis, 8000);
+    assert_eq!(snap.nodes[0].requested.cpu_millis, 1000);
+}
+
+#[tokio::test]
+async fn the_leader_lease_has_one_holder() {
+    let t = TestQueue::new().await;
+    assert!(t.0.hold_leader("r", "a", Duration::from_millis(200)).await.unwrap());
+    assert!(!t.0.hold_leader("r", "b", Duration::from_millis(200)).await.unwrap());
+    assert!(t.0.hold_leader("r", "a", Duration::from_millis(200)).await.unwrap(), "the holder renews");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.0.hold_leader("r", "b", Duration::from_millis(200)).await.unwrap(), "an expired lease passes on");
+}
