@@ -44,7 +44,19 @@ enum Role {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors are printed as their chain of causes, without a backtrace even when
+    // RUST_BACKTRACE is set: a config error is for the operator, not a developer.
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let path = cli.config.clone().or_else(|| {
         let p = PathBuf::from("berth.toml");
@@ -56,7 +68,9 @@ fn main() -> Result<()> {
         println!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
         return Ok(());
     }
-    if !matches!(cli.role, Role::Dev | Role::Migrate | Role::Scheduler) && config.auth.jwt_secret == DEFAULT_JWT_SECRET
+    // Every long-running role but dev refuses the public default, even roles that do not sign
+    // tokens, so that a deployment cannot run half-configured.
+    if matches!(cli.role, Role::Api | Role::Scheduler | Role::Executor) && config.auth.jwt_secret == DEFAULT_JWT_SECRET
     {
         bail!(
             "auth.jwt_secret is the public development default; set auth.jwt_secret in the config file or BERTH_AUTH__JWT_SECRET (only `berth dev` accepts the default)"

@@ -38,6 +38,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The body is larger than `api.body_limit_bytes`: 413.
+    #[error("payload too large")]
+    TooLarge(String),
     /// A dependency is down: 503, so clients retry.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,6 +88,7 @@ impl ApiError {
             ApiError::Forbidden => json!({ "error": "Insufficient permissions" }),
             ApiError::NotFound(what) => json!({ "error": what }),
             ApiError::MethodNotAllowed => json!({ "error": "Method not allowed" }),
+            ApiError::TooLarge(why) => json!({ "error": "Request body too large", "details": why }),
             ApiError::Unavailable(why) => json!({ "error": "Service unavailable", "details": why }),
             ApiError::Database(sqlx::Error::PoolTimedOut) => {
                 json!({ "error": "Service unavailable", "details": "database busy, retry later" })

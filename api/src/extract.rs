@@ -16,9 +16,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| ApiError::BadRequest {
-            error: "Invalid request body".into(),
-            fields: vec![crate::error::FieldError::new("(body)", e.body_text())],
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            // axum reports an over-limit body as 413 or, when the limit error reaches it
+            // wrapped, as a 400 whose text says so; both are the body limit.
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
+                || e.body_text().contains("length limit exceeded")
+            {
+                ApiError::TooLarge(e.body_text())
+            } else {
+                ApiError::field("(body)", e.body_text())
+            }
         })?;
         parse_json(&bytes).map(ValidJson)
     }

@@ -51,7 +51,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The whole configuration. Every section has a `Default` whose doc gives the value and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub database: DatabaseConfig,
@@ -66,23 +66,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            database: DatabaseConfig::default(),
-            redis: RedisConfig::default(),
-            api: ApiConfig::default(),
-            auth: AuthConfig::default(),
-            bootstrap: BootstrapConfig::default(),
-            scheduler: SchedulerConfig::default(),
-            executor: ExecutorConfig::default(),
-            cluster: ClusterConfig::default(),
-            dev: DevConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 /// Sections that environment variables may set; other `BERTH_…` variables (such as
 /// `BERTH_CONFIG` or test switches) are not configuration and are ignored.
 const SECTIONS: [&str; 10] =
@@ -93,6 +76,7 @@ const SECTIONS: [&str; 10] =
 pub struct DatabaseConfig {
     /// `postgres://postgres@127.0.0.1:5432/berth`: the local server with trust auth, as a
     /// developer machine has it. `berth dev` and `berth migrate` create the database if missing.
+    #[serde(deserialize_with = "lenient::string")]
     pub url: String,
     /// 10 connections: enough for one role on a small machine; PostgreSQL's default limit is 100.
     pub max_connections: u32,
@@ -115,9 +99,11 @@ impl Default for DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://127.0.0.1:6379`: the local server.
+    #[serde(deserialize_with = "lenient::string")]
     pub url: String,
     /// `"main"`: the partition's name, used as the hash tag of every key (`berth:{main}:…`), so
     /// one partition's keys share a Redis Cluster slot and its scripts run there too.
+    #[serde(deserialize_with = "lenient::string")]
     pub partition: String,
 }
 
@@ -147,6 +133,7 @@ impl Default for ApiConfig {
 pub struct AuthConfig {
     /// The HMAC-SHA256 key that signs access tokens. The default is public, so every role but
     /// `dev` refuses to start with it.
+    #[serde(deserialize_with = "lenient::string")]
     pub jwt_secret: String,
     /// 1h: the seed's `expires_in` example; short enough that a leaked token soon dies.
     #[serde(with = "humantime_serde")]
@@ -172,12 +159,16 @@ impl Default for AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapConfig {
     /// `system`: the built-in tenant whose admins administer the platform.
+    #[serde(deserialize_with = "lenient::string")]
     pub system_tenant: String,
     /// `admin`.
+    #[serde(deserialize_with = "lenient::string")]
     pub admin_username: String,
     /// `admin`: fine on a laptop; set your own before the first start anywhere else.
+    #[serde(deserialize_with = "lenient::string")]
     pub admin_password: String,
     /// `admin@berth.local`.
+    #[serde(deserialize_with = "lenient::string")]
     pub admin_email: String,
 }
 
@@ -401,10 +392,13 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimNodeConfig {
+    #[serde(deserialize_with = "lenient::string")]
     pub name: String,
     #[serde(default = "one")]
     pub count: u32,
+    #[serde(deserialize_with = "lenient::string")]
     pub cpu: String,
+    #[serde(deserialize_with = "lenient::string")]
     pub memory: String,
     #[serde(default)]
     pub gpu: u64,
@@ -435,12 +429,16 @@ impl SimNodeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DevConfig {
     /// `demo`.
+    #[serde(deserialize_with = "lenient::string")]
     pub demo_tenant: String,
     /// `demo`.
+    #[serde(deserialize_with = "lenient::string")]
     pub demo_username: String,
     /// `demo`.
+    #[serde(deserialize_with = "lenient::string")]
     pub demo_password: String,
     /// `demo@berth.local`.
+    #[serde(deserialize_with = "lenient::string")]
     pub demo_email: String,
 }
 
@@ -467,13 +465,60 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// `text` for people; `json` for log shippers.
     pub format: LogFormat,
-    /// `info,berth=info`: a tracing `EnvFilter` directive; `RUST_LOG` overrides it.
+    /// `info`: a tracing `EnvFilter` directive such as `info,berth_scheduler=debug`; `RUST_LOG`
+    /// overrides it.
+    #[serde(deserialize_with = "lenient::string")]
     pub filter: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+/// Strings that may arrive as numbers or booleans: environment values are typed by guess
+/// (`BERTH_AUTH__JWT_SECRET=1234…` reads as an integer), and `cpu = 16` is natural TOML.
+mod lenient {
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+    use std::fmt;
+
+    struct AnyScalar;
+
+    impl<'de> Visitor<'de> for AnyScalar {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        d.deserialize_any(AnyScalar)
     }
 }
 
@@ -511,8 +556,9 @@ impl Config {
             figment = figment.merge(Serialized::defaults(parse_toml(&text, &source_name)?));
         }
         let env = env.split("__").filter(|key| {
-            let first = key.as_str().split('.').next().unwrap_or_default();
-            SECTIONS.contains(&first)
+            // Keys arrive in the variable's own case (`REDIS.PARTITION`).
+            let first = key.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
+            SECTIONS.contains(&first.as_str())
         });
         figment = figment.merge(env);
         Self::extract(figment, &source_name)
@@ -767,6 +813,43 @@ order = [{ kind = "priority" }]
         )
         .unwrap();
         assert_eq!(c.scheduler.profile.filters.len(), 3);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn environment_variables_override_the_file_and_name_bad_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("berth.toml", "[scheduler]\nbatch_size = 8\n[redis]\npartition = \"file\"\n")?;
+            jail.set_env("BERTH_REDIS__PARTITION", "from-env");
+            jail.set_env("BERTH_SCHEDULER__BATCH_SIZE", "16");
+            jail.set_env("BERTH_AUTH__JWT_SECRET", "12345678901234567890");
+            jail.set_env("BERTH_CONFIG", "ignored: not a section");
+            jail.set_env("BERTH_TEST_KUBECONFIG", "ignored too");
+            let c = Config::load(Some(Path::new("berth.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.redis.partition, "from-env");
+            assert_eq!(c.scheduler.batch_size, 16);
+            assert_eq!(c.auth.jwt_secret, "12345678901234567890", "a numeric-looking string stays a string");
+            jail.set_env("BERTH_SCHEDULER__BATCH_SIZE", "many");
+            let e = Config::load(Some(Path::new("berth.toml"))).unwrap_err();
+            assert_eq!(paths(e), vec!["scheduler.batch_size"]);
+            jail.set_env("BERTH_SCHEDULER__BATCH_SIZE", "16");
+            jail.set_env("BERTH_SCHEDULER__BATCH_SIZZLE", "1");
+            let e = Config::load(Some(Path::new("berth.toml"))).unwrap_err();
+            assert_eq!(paths(e), vec!["scheduler.batch_sizzle"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/berth.toml"))).unwrap_err();
+        assert_eq!(paths(e), vec!["(file)"]);
+    }
+
+    #[test]
+    fn the_example_config_documents_exactly_the_defaults() {
+        let text = include_str!("../../deploy/berth.example.toml");
+        assert_eq!(Config::from_toml_str(text).unwrap(), Config::default());
     }
 
     #[test]

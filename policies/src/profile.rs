@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn the_default_profile_orders_by_priority_then_submission() {
         let p = Profile::build(&Config::default().scheduler.profile).unwrap();
-        let mut v = vec![spec(0, 1), spec(50, 3), spec(50, 2), spec(100, 9)];
+        let mut v = [spec(0, 1), spec(50, 3), spec(50, 2), spec(100, 9)];
         v.sort_by(|a, b| p.compare(a, b));
         assert_eq!(v.iter().map(|s| (s.priority, s.seq)).collect::<Vec<_>>(), vec![(100, 9), (50, 2), (50, 3), (0, 1)]);
     }

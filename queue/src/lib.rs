@@ -5,7 +5,7 @@
 //! - [`scripts`]: the Lua scripts, one file per atomic operation (`src/scripts/*.lua`).
 //! - [`queue`]: [`Queue`], the handle every role holds: enqueue, claim (with leases), unlease,
 //!   reserve (bind to a node), release (finish or retry), node ledger, usage, bindings, events.
-//! - [`error`]: [`QueueError`].
+//! - [`error`]: the crate's error type, [`QueueError`].
 //!
 //! Delivery is at-least-once and every operation is idempotent; PostgreSQL stays the system
 //! of record, so everything here can be rebuilt from it.

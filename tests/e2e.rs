@@ -1,0 +1,291 @@
+//! End to end: the real `berth` binary's roles as separate processes that share nothing but
+//! PostgreSQL and Redis, driven over HTTP like a user would.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_queue::Queue;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use uuid::Uuid;
+
+const SECRET: &str = "e2e-secret-0123456789abcdef";
+
+fn base_db_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (server, _) = url.rsplit_once('/').expect("DATABASE_URL has a database path");
+    format!("{server}/{db}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One isolated berth deployment: its own database, Redis partition, port and processes.
+struct Deployment {
+    db: String,
+    db_url: String,
+    partition: String,
+    port: u16,
+    logs: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        let id = Uuid::new_v4().simple().to_string();
+        let db = format!("berth_e2e_{}", &id[..12]);
+        let logs = std::env::temp_dir().join(format!("berth-e2e-{}", &id[..12]));
+        std::fs::create_dir_all(&logs).unwrap();
+        Deployment {
+            db_url: with_database(&base_db_url(), &db),
+            db,
+            partition: format!("test-{id}"),
+            port: free_port(),
+            logs,
+            children: Vec::new(),
+        }
+    }
+
+    fn command(&self, role: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.arg(role)
+            .current_dir(&self.logs)
+            .env_remove("BERTH_CONFIG")
+            .env("BERTH_DATABASE__URL", &self.db_url)
+            .env("BERTH_REDIS__URL", redis_url())
+            .env("BERTH_REDIS__PARTITION", &self.partition)
+            .env("BERTH_API__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("BERTH_AUTH__JWT_SECRET", SECRET)
+            .env("BERTH_EXECUTOR__RETRY__BASE", "100ms")
+            .env("BERTH_EXECUTOR__RETRY__CAP", "400ms")
+            .env("BERTH_SCHEDULER__UNSCHEDULABLE_BACKOFF", "100ms")
+            .env("BERTH_CLUSTER__START_DELAY", "20ms")
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    fn spawn(&mut self, role: &str, name: &str) {
+        let out = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
+        let child =
+            self.command(role).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().unwrap();
+        self.children.push((name.to_owned(), child));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.children {
+            let text = std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!("--- {name} ---\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n"));
+        }
+        out
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("berth did not become ready\n{}", self.logs_tail());
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let (db, base, partition) = (self.db.clone(), base_db_url(), self.partition.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {db} with (force)")))
+                        .execute(&mut c)
+                        .await;
+                }
+                if let Ok(q) = Queue::connect(&redis_url(), &partition).await {
+                    let _ = q.purge().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+async fn login(http: &reqwest::Client, d: &Deployment, user: &str, password: &str) -> String {
+    let r =
+        http.post(d.url("/v1/auth/login")).json(&json!({"username": user, "password": password})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "login {user}");
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn wait_terminal(http: &reqwest::Client, d: &Deployment, token: &str, id: &str, deadline: Instant) -> Value {
+    loop {
+        let v: Value =
+            http.get(d.url(&format!("/v1/tasks/{id}"))).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        let status = v["data"]["status"].as_str().unwrap_or_default().to_owned();
+        if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
+            return v["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "task {id} stuck in {status}\n{}", d.logs_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_roles_run_fifty_tasks_from_two_tenants_to_their_outcomes() {
+    let mut d = Deployment::new();
+    let status = d.command("migrate").stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(status.success(), "berth migrate failed (is PostgreSQL running? `make services`)");
+    let pool = sqlx::PgPool::connect(&d.db_url).await.unwrap();
+    for (tenant, user) in [("acme", "alice"), ("globex", "gina")] {
+        let tid = berth_api::bootstrap::ensure_tenant(&pool, tenant, tenant, "").await.unwrap();
+        berth_api::bootstrap::ensure_user(&pool, tid, user, &format!("{user}@{tenant}.test"), "pw", "user")
+            .await
+            .unwrap();
+    }
+    d.spawn("api", "api");
+    d.spawn("scheduler", "scheduler-1");
+    d.spawn("scheduler", "scheduler-2");
+    d.spawn("executor", "executor");
+    let http = reqwest::Client::new();
+    d.wait_ready(&http).await;
+    let tokens = [login(&http, &d, "alice", "pw").await, login(&http, &d, "gina", "pw").await];
+
+    // 50 tasks of 2 CPU on 4 × 16 CPU: more than fits at once, so some wait for room.
+    // Every fifth fails; of those, half may retry once.
+    let mut submitted = Vec::new();
+    for i in 0..50 {
+        let fails = i % 5 == 4;
+        let retries = if fails && i % 10 == 9 { 1 } else { 0 };
+        let mut labels = json!({"berth.io/sim-duration": "300ms", "index": i.to_string()});
+        if fails {
+            labels["berth.io/sim-exit-code"] = json!("1");
+        }
+        let token = &tokens[i % 2];
+        let body = json!({
+            "name": format!("task-{i}"),
+            "image": "busybox:1.36",
+            "command": ["sh", "-c", "exit 0"],
+            "resource_requests": {"cpu": "2", "memory": "1Gi"},
+            "labels": labels,
+            "priority": (i * 7) % 101,
+            "max_retry_count": retries,
+        });
+        let r = http.post(d.url("/v1/tasks")).bearer_auth(token).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201, "submit {i}");
+        let v: Value = r.json().await.unwrap();
+        submitted.push((v["data"]["id"].as_str().unwrap().to_owned(), i % 2, fails, retries));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (id, who, fails, retries) in &submitted {
+        let t = wait_terminal(&http, &d, &tokens[*who], id, deadline).await;
+        let want = if *fails { "failed" } else { "succeeded" };
+        assert_eq!(t["status"], want, "task {id}: {t}");
+        assert!(t["started_at"].is_string() && t["completed_at"].is_string(), "{t}");
+        assert_eq!(t["current_retry_count"], *retries, "{t}");
+        if *fails {
+            assert!(t["error_message"].as_str().unwrap().contains("exited with code 1"), "{t}");
+        }
+        let (attempts, ok_rows): (i64, i64) = sqlx::query_as(
+            "select count(*), count(*) filter (where status in ('succeeded', 'failed') and started_at is not null and finished_at is not null)
+             from task_executions where task_id = $1",
+        )
+        .bind(Uuid::parse_str(id).unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(attempts, 1 + retries, "one execution row per attempt of {id}");
+        assert_eq!(ok_rows, attempts, "every attempt of {id} was recorded to its end");
+    }
+
+    // Another tenant's task is invisible; the list is the tenant's own 25.
+    let r = http.get(d.url(&format!("/v1/tasks/{}", submitted[0].0))).bearer_auth(&tokens[1]).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value =
+        http.get(d.url("/v1/tasks?page_size=100")).bearer_auth(&tokens[0]).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["pagination"]["total"], 25);
+
+    // Every reservation and every tenant's usage is back to zero.
+    let queue = Queue::connect(&redis_url(), &d.partition).await.unwrap();
+    let snap = queue.snapshot().await.unwrap();
+    assert_eq!(snap.nodes.len(), 4);
+    for n in &snap.nodes {
+        assert!(n.requested.is_zero(), "node {} still holds {:?}", n.name, n.requested);
+    }
+    for tenant in ["acme", "globex"] {
+        assert!(queue.tenant_usage(tenant).await.unwrap().is_zero(), "{tenant} usage leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_seeds_its_accounts_and_runs_the_readme_task() {
+    let mut d = Deployment::new();
+    d.spawn("dev", "dev");
+    let http = reqwest::Client::new();
+    d.wait_ready(&http).await;
+    let token = login(&http, &d, "demo", "demo").await;
+    login(&http, &d, "admin", "admin").await;
+    let body = json!({
+        "name": "hello",
+        "image": "busybox:1.36",
+        "command": ["echo", "hello"],
+        "resource_requests": {"cpu": "500m", "memory": "128Mi"},
+        "labels": {"berth.io/sim-duration": "200ms"}
+    });
+    let v: Value =
+        http.post(d.url("/v1/tasks")).bearer_auth(&token).json(&body).send().await.unwrap().json().await.unwrap();
+    let id = v["data"]["id"].as_str().unwrap().to_owned();
+    let t = wait_terminal(&http, &d, &token, &id, Instant::now() + Duration::from_secs(30)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert!(t["node_name"].as_str().unwrap().starts_with("sim-"));
+}
+
+#[test]
+fn every_role_but_dev_refuses_the_default_jwt_secret() {
+    let d = Deployment::new();
+    for role in ["api", "scheduler", "executor"] {
+        let out = d.command(role).env_remove("BERTH_AUTH__JWT_SECRET").output().unwrap();
+        assert!(!out.status.success(), "{role} started with the default secret");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("auth.jwt_secret"), "{role}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_the_key_path() {
+    let d = Deployment::new();
+    let path = d.logs.join("bad.toml");
+    std::fs::write(&path, "[scheduler]\nbatch_size = 0\n[api]\nlisten = \"nowhere\"\n").unwrap();
+    // (The deployment's own BERTH_API__LISTEN would override the file's value.)
+    let out = d.command("check-config").env_remove("BERTH_API__LISTEN").arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("api.listen"), "{err}");
+    std::fs::write(&path, "[scheduler]\nbatch_size = 0\n").unwrap();
+    let out = d.command("check-config").arg("--config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scheduler.batch_size: must be between 1 and 10000"), "{err}");
+    assert!(!err.contains("stack backtrace"), "{err}");
+}
