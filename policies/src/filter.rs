@@ -1,5 +1,7 @@
 //! Node filters: may this task run on this node?
 
+use std::borrow::Cow;
+
 use berth_core::{NodeView, SchedulingSpec, TaintEffect};
 
 /// Why a filter rejected a node. `reason` is short and stable so that rejections across
@@ -7,11 +9,12 @@ use berth_core::{NodeView, SchedulingSpec, TaintEffect};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unfit {
     pub filter: &'static str,
-    pub reason: String,
+    /// Static for the common reasons, so rejecting most of a large cluster allocates nothing.
+    pub reason: Cow<'static, str>,
 }
 
 impl Unfit {
-    fn new(filter: &'static str, reason: impl Into<String>) -> Self {
+    fn new(filter: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         Unfit { filter, reason: reason.into() }
     }
 }
@@ -52,13 +55,19 @@ impl NodeFilter for ResourcesFit {
         Self::NAME
     }
     fn check(&self, task: &SchedulingSpec, node: &NodeView) -> Result<(), Unfit> {
-        let need = task.reservation();
-        let short = need.shortfalls(&node.free());
-        if short.is_empty() {
-            Ok(())
-        } else {
-            Err(Unfit::new(Self::NAME, format!("insufficient {}", short.join(", "))))
-        }
+        let (need, free) = (task.reservation(), node.free());
+        let reason =
+            match (need.cpu_millis > free.cpu_millis, need.memory_bytes > free.memory_bytes, need.gpu > free.gpu) {
+                (false, false, false) => return Ok(()),
+                (true, false, false) => "insufficient cpu",
+                (false, true, false) => "insufficient memory",
+                (false, false, true) => "insufficient nvidia.com/gpu",
+                (true, true, false) => "insufficient cpu, memory",
+                (true, false, true) => "insufficient cpu, nvidia.com/gpu",
+                (false, true, true) => "insufficient memory, nvidia.com/gpu",
+                (true, true, true) => "insufficient cpu, memory, nvidia.com/gpu",
+            };
+        Err(Unfit::new(Self::NAME, reason))
     }
 }
 

@@ -86,6 +86,11 @@ impl Profile {
         self.filters.iter().try_for_each(|f| f.check(task, node))
     }
 
+    /// The weighted total alone, without allocating: the hot path of ranking nodes.
+    pub fn total(&self, task: &SchedulingSpec, node: &NodeView) -> u64 {
+        self.scorers.iter().map(|(s, w)| s.score(task, node).min(MAX_NODE_SCORE) * w).sum()
+    }
+
     /// Each scorer's score and the weighted total. A scorer out of range is clamped (and is a
     /// bug, caught by debug assertions), as kube-scheduler's framework rejects such scores.
     pub fn score(&self, task: &SchedulingSpec, node: &NodeView) -> (u64, Vec<ScoreEntry>) {

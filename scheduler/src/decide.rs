@@ -1,8 +1,9 @@
 //! The decision core: which node each candidate goes to, or why it goes nowhere.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
-use berth_core::{ClusterSnapshot, SchedulingSpec};
+use berth_core::{ClusterSnapshot, NodeView, SchedulingSpec};
 use berth_policies::Profile;
 use berth_policies::profile::ScoreEntry;
 use uuid::Uuid;
@@ -61,32 +62,44 @@ pub fn summarize(total_nodes: usize, counts: &BTreeMap<String, usize>) -> String
 pub fn decide(snapshot: &ClusterSnapshot, candidates: &[SchedulingSpec], profile: &Profile) -> Vec<Decision> {
     let mut order: Vec<&SchedulingSpec> = candidates.iter().collect();
     order.sort_by(|a, b| profile.compare(a, b));
-    let mut nodes = snapshot.nodes.clone();
+    // Nodes this batch has placed on, with the placements assumed: a sparse overlay, so a
+    // decision never copies the whole cluster.
+    let mut assumed: HashMap<usize, NodeView> = HashMap::new();
     let mut out = Vec::with_capacity(order.len());
     for task in order {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        // (total, tie-break, index, scores), best last after sorting ascending.
-        let mut feasible: Vec<(u64, u64, usize, Vec<ScoreEntry>)> = Vec::new();
-        for (i, node) in nodes.iter().enumerate() {
+        let mut counts: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
+        // Best so far: (total, index); the tie-break is hashed only when totals tie.
+        let mut best: Option<(u64, usize)> = None;
+        for (i, original) in snapshot.nodes.iter().enumerate() {
+            let node = assumed.get(&i).unwrap_or(original);
             match profile.filter(task, node) {
                 Err(unfit) => *counts.entry(unfit.reason).or_default() += 1,
                 Ok(()) => {
-                    let (total, scores) = profile.score(task, node);
-                    feasible.push((total, tie_break(&task.task_id, &node.name), i, scores));
+                    let total = profile.total(task, node);
+                    let better = match best {
+                        None => true,
+                        Some((t, _)) if total != t => total > t,
+                        Some((_, j)) => {
+                            tie_break(&task.task_id, &node.name) > tie_break(&task.task_id, &snapshot.nodes[j].name)
+                        }
+                    };
+                    if better {
+                        best = Some((total, i));
+                    }
                 }
             }
         }
-        if feasible.is_empty() {
+        let Some((total, i)) = best else {
+            let counts: BTreeMap<String, usize> = counts.into_iter().map(|(k, v)| (k.into_owned(), v)).collect();
             out.push(Decision::Unschedulable {
                 task_id: task.task_id,
-                reason: summarize(nodes.len(), &counts),
+                reason: summarize(snapshot.nodes.len(), &counts),
                 counts,
             });
             continue;
-        }
-        feasible.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-        let (total, _, best, scores) = feasible[0].clone();
-        let node = &mut nodes[best];
+        };
+        let node = assumed.entry(i).or_insert_with(|| snapshot.nodes[i].clone());
+        let (_, scores) = profile.score(task, node);
         node.requested = node.requested.saturating_add(&task.reservation());
         out.push(Decision::Place { task_id: task.task_id, node: node.name.clone(), scores, total });
     }
