@@ -235,6 +235,12 @@ async fn login(
             format!("username and password must be at most {MAX_CREDENTIAL_LEN} bytes"),
         ));
     }
+    // PostgreSQL text cannot hold NUL; such a name can match no account.
+    for (field, v) in [("username", Some(&req.username)), ("tenant_name", req.tenant_name.as_ref())] {
+        if v.is_some_and(|v| v.contains('\0') || v.len() > MAX_CREDENTIAL_LEN) {
+            bad.push(FieldError::new(field, format!("must be at most {MAX_CREDENTIAL_LEN} bytes, without NUL")));
+        }
+    }
     if !bad.is_empty() {
         return Err(ApiError::invalid(bad));
     }

@@ -147,7 +147,15 @@ async fn wrong_credentials_are_401_and_malformed_logins_are_400(pool: PgPool) {
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}: {v}");
         assert_eq!(v["error"], "Unauthorized access");
     }
-    for body in [r#"{"username":"alice"}"#, "{", r#"{"username":"","password":""}"#, r#"[1]"#] {
+    for body in [
+        r#"{"username":"alice"}"#,
+        "{",
+        r#"{"username":"","password":""}"#,
+        r#"[1]"#,
+        r#"{"username":"al\u0000ice","password":"x"}"#,
+        r#"{"username":"alice","password":"x","tenant_name":"a\u0000"}"#,
+        r#"{"username":"alice","password":"x","extra":1}"#,
+    ] {
         let (s, v) = a.call("POST", "/v1/auth/login", None, Some(body)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["details"].is_string(), "{v}");

@@ -127,7 +127,7 @@ pub async fn run(
 ) -> Result<(), ExecutorError> {
     queue.ensure_binding_group().await?;
     let events = cluster.take_events()?;
-    let executor = Arc::new(Executor { pool, queue, cluster, config, consumer });
+    let executor = Arc::new(Executor::new(config, pool, queue, cluster, consumer));
     let (stop_tx, stop_rx) = watch::channel(false);
     let bindings = tokio::spawn(executor.clone().binding_loop(stop_rx.clone()));
     let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx));
@@ -141,6 +141,17 @@ pub async fn run(
 }
 
 impl Executor {
+    /// An executor for driving by hand (tests, tools); [`run`] builds its own.
+    pub fn new(
+        config: ExecutorConfig,
+        pool: PgPool,
+        queue: Queue,
+        cluster: Arc<dyn Cluster>,
+        consumer: String,
+    ) -> Executor {
+        Executor { pool, queue, cluster, config, consumer }
+    }
+
     async fn binding_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let reader = loop {
             match self.queue.dedicated(READ_BLOCK).await {

@@ -1,0 +1,244 @@
+//! The executor and reconciler against real PostgreSQL (`#[sqlx::test]`) and Redis: every
+//! step is idempotent, because bindings and Job events may arrive more than once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::config::{ClusterConfig, ExecutorConfig, RetryConfig};
+use berth_core::{Resources, SchedulingSpec};
+use berth_queue::{Binding, Queue, ReserveOutcome};
+use berth_workers::executor::Executor;
+use berth_workers::{Cluster, JobEvent, JobPhase, SimCluster};
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn redis_url() -> String {
+    std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+struct Fixture {
+    pool: PgPool,
+    queue: Queue,
+    sim: Arc<SimCluster>,
+    executor: Executor,
+    user: Uuid,
+    tenant: Uuid,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let partition = self.queue.keys().prefix().trim_start_matches("berth:{").trim_end_matches("}:").to_string();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                if let Ok(q) = Queue::connect(&redis_url(), &partition).await {
+                    let _ = q.purge().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+async fn fixture(pool: PgPool) -> Fixture {
+    let queue = Queue::connect(&redis_url(), &format!("test-{}", Uuid::new_v4().simple()))
+        .await
+        .expect("Redis (make services)");
+    let sim =
+        Arc::new(SimCluster::new(&ClusterConfig { start_delay: Duration::from_millis(5), ..ClusterConfig::default() }));
+    berth_workers::nodes::publish_once(sim.as_ref(), &queue).await.unwrap();
+    queue.ensure_binding_group().await.unwrap();
+    let (tenant,): (Uuid,) =
+        sqlx::query_as("insert into tenants (name, display_name) values ('acme', 'Acme') returning id")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (user,): (Uuid,) = sqlx::query_as(
+        "insert into users (tenant_id, username, email, password_hash) values ($1, 'alice', 'a@x', 'x') returning id",
+    )
+    .bind(tenant)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let config = ExecutorConfig {
+        retry: RetryConfig { base: Duration::from_millis(50), cap: Duration::from_millis(50), jitter: 0.0 },
+        ..ExecutorConfig::default()
+    };
+    let executor = Executor::new(config, pool.clone(), queue.clone(), sim.clone(), "test-executor".into());
+    Fixture { pool, queue, sim, executor, user, tenant }
+}
+
+impl Fixture {
+    /// A pending task in PostgreSQL and Redis, claimed and bound to `sim-1`; returns its binding.
+    async fn bound_task(&self, max_retries: i32, sim_duration: &str) -> (Uuid, Binding) {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "insert into tasks (id, tenant_id, user_id, name, image, resource_requests, labels, max_retry_count)
+             values ($1, $2, $3, 't', 'busybox', $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(self.tenant)
+        .bind(self.user)
+        .bind(json!({"cpu": "2", "memory": "1Gi"}))
+        .bind(json!({"berth.io/sim-duration": sim_duration}))
+        .bind(max_retries)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        self.queue.enqueue(&spec(id), Duration::ZERO).await.unwrap();
+        (id, self.bind(id).await)
+    }
+
+    async fn bind(&self, id: Uuid) -> Binding {
+        let claimed = self.queue.claim("sched", 10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(self.queue.reserve(&claimed[0].spec, "sched", "sim-1").await.unwrap(), ReserveOutcome::Bound);
+        let b = self.queue.read_bindings("test", 10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].task_id, id);
+        b[0].clone()
+    }
+
+    async fn status(&self, id: Uuid) -> (String, i32, bool, bool) {
+        sqlx::query_as("select status, current_retry_count, started_at is not null, completed_at is not null from tasks where id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn executions(&self, id: Uuid) -> Vec<(i32, String)> {
+        sqlx::query_as("select attempt, status from task_executions where task_id = $1 order by attempt")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn reserved(&self) -> Resources {
+        self.queue.snapshot().await.unwrap().nodes.iter().fold(Resources::ZERO, |a, n| a.saturating_add(&n.requested))
+    }
+}
+
+fn spec(id: Uuid) -> SchedulingSpec {
+    SchedulingSpec {
+        task_id: id,
+        tenant: "acme".into(),
+        requests: Resources::new(2000, 1 << 30, 0),
+        priority: 0,
+        node_selector: Default::default(),
+        tolerations: vec![],
+        attempt: 0,
+        seq: 0,
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_binding_and_its_events_delivered_twice_make_one_job_one_execution_one_release(pool: PgPool) {
+    let f = fixture(pool).await;
+    let mut events = f.sim.take_events().unwrap();
+    let (id, b) = f.bound_task(3, "50ms").await;
+    f.executor.handle_binding(&b).await.unwrap();
+    f.executor.handle_binding(&b).await.unwrap();
+    assert_eq!(f.sim.live_jobs(), 1, "a repeated binding created a second Job");
+    assert_eq!(f.executions(id).await, vec![(0, "scheduled".to_string())]);
+    assert_eq!(f.status(id).await.0, "scheduled");
+
+    let running = events.recv().await.unwrap();
+    assert!(matches!(running.phase, JobPhase::Running { .. }));
+    f.executor.handle_event(&running).await.unwrap();
+    f.executor.handle_event(&running).await.unwrap();
+    assert_eq!(f.status(id).await, ("running".into(), 0, true, false));
+
+    let done = events.recv().await.unwrap();
+    assert!(matches!(done.phase, JobPhase::Succeeded { .. }), "{done:?}");
+    assert_eq!(f.reserved().await.cpu_millis, 2000);
+    f.executor.handle_event(&done).await.unwrap();
+    f.executor.handle_event(&done).await.unwrap();
+    assert_eq!(f.status(id).await, ("succeeded".into(), 0, true, true));
+    assert_eq!(f.executions(id).await, vec![(0, "succeeded".to_string())]);
+    assert_eq!(f.reserved().await, Resources::ZERO);
+    assert_eq!(f.queue.tenant_usage("acme").await.unwrap(), Resources::ZERO);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_failed_attempt_is_retried_once_per_failure_then_the_task_fails(pool: PgPool) {
+    let f = fixture(pool).await;
+    // Long sim runs: the failures are injected, and no Job should end by itself meanwhile.
+    let (id, b) = f.bound_task(1, "1h").await;
+    f.executor.handle_binding(&b).await.unwrap();
+    let failed = |attempt| JobEvent {
+        task_id: id,
+        attempt,
+        phase: JobPhase::Failed {
+            exit_code: Some(1),
+            reason: "Error".into(),
+            message: "exit 1".into(),
+            at: Utc::now(),
+        },
+    };
+    f.executor.handle_event(&failed(0)).await.unwrap();
+    f.executor.handle_event(&failed(0)).await.unwrap();
+    assert_eq!(f.status(id).await.0, "pending");
+    assert_eq!(f.status(id).await.1, 1, "the same failure twice counted once");
+    assert_eq!(f.reserved().await, Resources::ZERO);
+    let q = f.queue.task_state(id).await.unwrap().unwrap();
+    assert_eq!((q.state.as_str(), q.attempt), ("delayed", 1));
+
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let b1 = f.bind(id).await;
+    assert_eq!(b1.attempt, 1);
+    // The old binding, redelivered late, is recognised as stale.
+    f.executor.handle_binding(&b).await.unwrap();
+    f.executor.handle_binding(&b1).await.unwrap();
+    assert_eq!(f.sim.live_jobs(), 2, "one Job per attempt, none for the stale binding");
+    f.executor.handle_event(&failed(1)).await.unwrap();
+    let (status, retries, _, completed) = f.status(id).await;
+    assert_eq!((status.as_str(), retries, completed), ("failed", 1, true));
+    assert_eq!(f.executions(id).await, vec![(0, "failed".to_string()), (1, "failed".to_string())]);
+    assert_eq!(f.queue.task_state(id).await.unwrap(), None);
+    assert_eq!(f.reserved().await, Resources::ZERO);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_binding_for_a_deleted_task_gives_its_reservation_back(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, b) = f.bound_task(0, "50ms").await;
+    sqlx::query("delete from tasks where id = $1").bind(id).execute(&f.pool).await.unwrap();
+    f.executor.handle_binding(&b).await.unwrap();
+    assert_eq!(f.sim.live_jobs(), 0);
+    assert_eq!(f.reserved().await, Resources::ZERO);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_reconciler_requeues_pending_tasks_that_redis_lost(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, _) = f.bound_task(0, "50ms").await;
+    let later = Uuid::now_v7();
+    sqlx::query(
+        "insert into tasks (id, tenant_id, user_id, name, image, resource_requests, not_before)
+         values ($1, $2, $3, 'later', 'busybox', '{}', now() + interval '1 hour')",
+    )
+    .bind(later)
+    .bind(f.tenant)
+    .bind(f.user)
+    .execute(&f.pool)
+    .await
+    .unwrap();
+    // Redis loses everything.
+    f.queue.purge().await.unwrap();
+    assert_eq!(berth_workers::reconciler::reconcile_once(&f.pool, &f.queue, Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(
+        berth_workers::reconciler::reconcile_once(&f.pool, &f.queue, Duration::ZERO).await.unwrap(),
+        0,
+        "a second pass adds nothing"
+    );
+    assert_eq!(f.queue.task_state(id).await.unwrap().unwrap().state, "ready");
+    assert_eq!(f.queue.task_state(later).await.unwrap().unwrap().state, "delayed", "a retry waits out its not_before");
+    // Fresh tasks are left to the admission path.
+    assert_eq!(
+        berth_workers::reconciler::reconcile_once(&f.pool, &f.queue, Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+}
