@@ -123,12 +123,10 @@ impl Drop for Deployment {
                         .execute(&mut c)
                         .await;
                 }
-                if let Ok(q) = Queue::connect(&redis_url(), &partition).await {
-                    let _ = q.purge().await;
-                }
             })
         })
         .join();
+        Queue::purge_blocking(&redis_url(), &partition);
     }
 }
 

@@ -467,7 +467,28 @@ impl Queue {
         Ok(held == 1)
     }
 
-    /// Deletes every key of this partition. For tests and `berth dev --reset` only.
+    /// The partition's name, as given to [`Queue::connect`].
+    pub fn partition(&self) -> &str {
+        self.keys.prefix().trim_start_matches("berth:{").trim_end_matches("}:")
+    }
+
+    /// Deletes a partition from outside any runtime, on a connection and thread of its own:
+    /// for test fixtures' `Drop`, which cannot await and may run while the test's own
+    /// runtime (which drives the test's connection) is blocked. Best effort.
+    pub fn purge_blocking(url: &str, partition: &str) {
+        let (url, partition) = (url.to_owned(), partition.to_owned());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(q) = Queue::connect(&url, &partition).await {
+                    let _ = q.purge().await;
+                }
+            })
+        })
+        .join();
+    }
+
+    /// Deletes every key of this partition. For tests and `berth dev`'s fresh start only.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", self.keys.prefix().replace('{', "\\{").replace('}', "\\}"));

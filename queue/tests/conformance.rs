@@ -26,17 +26,8 @@ impl TestQueue {
 
 impl Drop for TestQueue {
     fn drop(&mut self) {
-        // Best-effort cleanup, also after a failed assertion. Drop cannot await, and the
-        // test's own connection is driven by the runtime this blocks, so use a fresh one.
-        let partition = self.1.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-                if let Ok(q) = Queue::connect(&redis_url(), &partition).await {
-                    let _ = q.purge().await;
-                }
-            })
-        })
-        .join();
+        // Best effort, and also after a failed assertion.
+        Queue::purge_blocking(&redis_url(), &self.1);
     }
 }
 

@@ -24,6 +24,7 @@ fn redis_url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_overcommit_and_bind_each_task_once() {
     let partition = format!("test-{}", Uuid::new_v4().simple());
+    let _cleanup = Cleanup(partition.clone());
     let queue = Queue::connect(&redis_url(), &partition).await.expect("Redis must be running (run `make services`)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 
@@ -159,5 +160,13 @@ async fn three_replicas_never_overcommit_and_bind_each_task_once() {
     assert!(bound() > 500, "the cluster should hold a good part of the work");
     assert!(bound() < 2000, "the test needs more demand than capacity to mean anything");
     assert!(checks.load(Ordering::Relaxed) > 0);
-    queue.purge().await.unwrap();
+}
+
+/// Removes the test's partition however the test ends.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        Queue::purge_blocking(&redis_url(), &self.0);
+    }
 }

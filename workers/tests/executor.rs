@@ -29,15 +29,7 @@ struct Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let partition = self.queue.keys().prefix().trim_start_matches("berth:{").trim_end_matches("}:").to_string();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-                if let Ok(q) = Queue::connect(&redis_url(), &partition).await {
-                    let _ = q.purge().await;
-                }
-            })
-        })
-        .join();
+        Queue::purge_blocking(&redis_url(), self.queue.partition());
     }
 }
 
