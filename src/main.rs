@@ -257,18 +257,19 @@ async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
     // The simulated cluster lives in this process: whatever ran before this start is gone.
     // Redis is rebuilt from PostgreSQL, the system of record.
     queue.purge().await.context("resetting the Redis partition")?;
-    let lost = sqlx::query(
+    let (lost,): (i64,) = sqlx::query_as(
         "with lost as (
             update tasks set status = 'failed', completed_at = now(), updated_at = now(),
                    error_message = 'lost: berth dev restarted while the task was placed or running'
-            where status in ('scheduled', 'running') returning id, current_retry_count)
-         update task_executions e set status = 'failed', finished_at = now(), error_message = 'lost: berth dev restarted'
-         from lost where e.task_id = lost.id and e.attempt = coalesce(lost.current_retry_count, 0)
-           and e.status in ('scheduled', 'running')",
+            where status in ('scheduled', 'running') returning id, current_retry_count),
+         executions as (
+            update task_executions e set status = 'failed', finished_at = now(), error_message = 'lost: berth dev restarted'
+            from lost where e.task_id = lost.id and e.attempt = coalesce(lost.current_retry_count, 0)
+              and e.status in ('scheduled', 'running'))
+         select count(*) from lost",
     )
-    .execute(&pool)
-    .await?
-    .rows_affected();
+    .fetch_one(&pool)
+    .await?;
     if lost > 0 {
         warn!(tasks = lost, "tasks that were running when berth dev last stopped are marked failed");
     }

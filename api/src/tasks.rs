@@ -366,6 +366,10 @@ async fn create(
     caller: Caller,
     ValidJson(req): ValidJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Viewers read their tenant; only users and admins submit (DESIGN.md §8).
+    if caller.role == "viewer" {
+        return Err(ApiError::Forbidden);
+    }
     let v = validate_task(req)?;
     let id = Uuid::now_v7();
     let mounts = v.req.volumes.clone().unwrap_or_default();

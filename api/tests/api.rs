@@ -264,6 +264,19 @@ async fn bad_input_is_400_naming_the_field_and_writes_nothing(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn viewers_cannot_submit(pool: PgPool) {
+    let a = api(pool).await;
+    let acme = bootstrap::ensure_tenant(&a.pool, "acme", "", "").await.unwrap();
+    bootstrap::ensure_user(&a.pool, acme, "vera", "vera@acme.test", "vera-pw", "viewer").await.unwrap();
+    let t = a.login("vera").await;
+    let (s, v) = a.submit(&t, task("nope")).await;
+    assert_eq!((s, v["error"].clone()), (StatusCode::FORBIDDEN, json!("Insufficient permissions")));
+    assert_eq!(a.task_count().await, 0);
+    let (s, _) = a.call("GET", "/v1/tasks", Some(&t), None).await;
+    assert_eq!(s, StatusCode::OK, "viewers read");
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn an_oversized_body_is_413(pool: PgPool) {
     let a = api(pool).await;
     let t = a.login("alice").await;

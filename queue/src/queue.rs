@@ -355,6 +355,23 @@ impl Queue {
         Ok(f.0.map(|state| TaskState { state, node: f.1, reason: f.2, attempt: f.3.unwrap_or(0) }))
     }
 
+    /// [`Queue::task_state`] of many tasks in one round trip.
+    pub async fn task_states(&self, ids: &[Uuid]) -> Result<Vec<Option<TaskState>>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(self.keys.task(*id)).arg(&["state", "node", "reason", "attempt"]);
+        }
+        let rows: Vec<(Option<String>, Option<String>, Option<String>, Option<u32>)> =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|f| f.0.map(|state| TaskState { state, node: f.1, reason: f.2, attempt: f.3.unwrap_or(0) }))
+            .collect())
+    }
+
     /// Creates the executors' consumer group if it does not exist yet.
     pub async fn ensure_binding_group(&self) -> Result<(), QueueError> {
         let r: Result<String, _> = redis::cmd("XGROUP")
@@ -398,23 +415,26 @@ impl Queue {
 
     /// Takes over bindings that another executor received but did not acknowledge within
     /// `min_idle` (it died or hangs).
+    /// Pass `"0-0"` first, then the cursor each call returns.
     pub async fn reclaim_bindings(
         &self,
         consumer: &str,
         min_idle: Duration,
         count: usize,
-    ) -> Result<Vec<Binding>, QueueError> {
+        cursor: &str,
+    ) -> Result<(Vec<Binding>, String), QueueError> {
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(self.keys.bindings())
             .arg(EXECUTOR_GROUP)
             .arg(consumer)
             .arg(ms(min_idle))
-            .arg("0-0")
+            .arg(cursor)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        reply.claimed.iter().map(parse_binding).collect()
+        let claimed = reply.claimed.iter().map(parse_binding).collect::<Result<Vec<_>, _>>()?;
+        Ok((claimed, reply.next_stream_id))
     }
 
     /// Acknowledges and deletes a handled binding (one group reads the stream, so a handled

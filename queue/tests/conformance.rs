@@ -225,7 +225,7 @@ async fn bindings_are_delivered_acknowledged_and_reclaimed_from_dead_consumers()
     t.0.ack_binding(&got[0].entry_id).await.unwrap();
     assert!(reader.read_bindings("live", 10, Duration::from_millis(50)).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(60)).await;
-    let taken = t.0.reclaim_bindings("live", Duration::from_millis(50), 10).await.unwrap();
+    let (taken, _) = t.0.reclaim_bindings("live", Duration::from_millis(50), 10, "0-0").await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].task_id, got[1].task_id);
 }
@@ -248,6 +248,32 @@ async fn upserting_an_unchanged_node_does_not_move_the_version_and_keeps_reserva
     let snap = t.0.snapshot().await.unwrap();
     assert_eq!(snap.nodes[0].allocatable.cpu_millis, 8000);
     assert_eq!(snap.nodes[0].requested.cpu_millis, 1000);
+}
+
+#[tokio::test]
+async fn a_ready_entry_whose_task_hash_vanished_is_dropped_not_leased() {
+    let t = TestQueue::new().await;
+    let (gone, kept) = (spec("a", 0, 100), spec("a", 0, 100));
+    t.0.enqueue(&gone, Duration::ZERO).await.unwrap();
+    t.0.enqueue(&kept, Duration::ZERO).await.unwrap();
+    let _: () = redis::cmd("DEL").arg(t.0.keys().task(gone.task_id)).query_async(&mut t.0.connection()).await.unwrap();
+    let c = t.0.claim("s", 10, LEASE).await.unwrap();
+    assert_eq!(c.iter().map(|c| c.spec.task_id).collect::<Vec<_>>(), vec![kept.task_id]);
+    assert_eq!(t.0.task_state(gone.task_id).await.unwrap(), None, "no partial hash is left to block a re-enqueue");
+    assert!(t.0.enqueue(&gone, Duration::ZERO).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_task_handed_back_without_a_reason_loses_its_old_one() {
+    let t = TestQueue::new().await;
+    let s = spec("a", 0, 100);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    t.0.unlease(s.task_id, "s", Duration::from_millis(1), "0/1 nodes fit").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    t.0.unlease(s.task_id, "s", Duration::ZERO, "").await.unwrap();
+    assert_eq!(t.0.task_state(s.task_id).await.unwrap().unwrap().reason, None);
 }
 
 #[tokio::test]

@@ -87,14 +87,35 @@ impl Replica {
         if claimed.is_empty() {
             return Ok(0);
         }
-        self.refresh().await?;
         let specs: Vec<SchedulingSpec> = claimed.into_iter().map(|c| c.spec).collect();
+        if let Err(e) = self.refresh().await {
+            self.hand_back(&specs).await;
+            return Err(e);
+        }
         let decisions = decide(&self.snapshot, &specs, &self.profile);
-        for decision in decisions {
+        for (i, decision) in decisions.iter().enumerate() {
             let spec = specs.iter().find(|s| s.task_id == decision.task_id()).expect("decision for a claimed task");
-            self.apply(spec, decision).await?;
+            if let Err(e) = self.apply(spec, decision.clone()).await {
+                let rest: Vec<SchedulingSpec> = decisions[i..]
+                    .iter()
+                    .filter_map(|d| specs.iter().find(|s| s.task_id == d.task_id()).cloned())
+                    .collect();
+                self.hand_back(&rest).await;
+                return Err(e);
+            }
         }
         Ok(specs.len())
+    }
+
+    /// After a failed step, gives the batch's unhandled claims back to ready instead of leaving
+    /// them leased until `lease_ttl`. Best effort: Redis may be what failed, and then the leases
+    /// expire as usual.
+    async fn hand_back(&self, specs: &[SchedulingSpec]) {
+        for s in specs {
+            if self.queue.unlease(s.task_id, &self.owner, Duration::ZERO, "").await.is_err() {
+                return;
+            }
+        }
     }
 
     async fn refresh(&mut self) -> Result<(), QueueError> {

@@ -5,8 +5,10 @@
 //! its Job; the event loop turns Job events into task states. Every step is idempotent, so a
 //! binding delivered twice creates one Job and one execution row.
 //!
-//! PostgreSQL is written before Redis: a crash between the two leaves a task whose Redis
-//! state is behind, which the reconciler repairs; never the reverse.
+//! PostgreSQL is written before Redis: a crash or Redis error between the two leaves a task
+//! whose Redis state is behind, never ahead. The step's repeat (the event is retried, the
+//! binding redelivered) or the reconciler's next pass brings Redis up to date
+//! ([`Executor::repair`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -166,10 +168,18 @@ impl Executor {
             }
         };
         let mut next_reclaim = tokio::time::Instant::now();
+        // XAUTOCLAIM scans the pending list in pages; keep its cursor so a long list is
+        // walked to the end rather than its first page re-read forever.
+        let mut cursor = "0-0".to_string();
         while !*stop.borrow() {
             let batch = if tokio::time::Instant::now() >= next_reclaim {
                 next_reclaim = tokio::time::Instant::now() + self.config.claim_idle / 2;
-                reader.reclaim_bindings(&self.consumer, self.config.claim_idle, READ_BATCH).await
+                reader.reclaim_bindings(&self.consumer, self.config.claim_idle, READ_BATCH, &cursor).await.map(
+                    |(b, next)| {
+                        cursor = next;
+                        b
+                    },
+                )
             } else {
                 // Not raced against `stop`: a read dropped midway could lose delivered entries
                 // to the pending list until another executor reclaims them.
@@ -248,8 +258,8 @@ impl Executor {
             return Ok(());
         }
         if b.attempt != current {
-            debug!(task = %b.task_id, attempt = b.attempt, current, "stale binding ignored");
-            return Ok(());
+            debug!(task = %b.task_id, attempt = b.attempt, current, "stale binding");
+            return self.repair(b.task_id, b.attempt).await;
         }
         let tenant_id = row.tenant_id;
         let job = row.job(b)?;
@@ -280,6 +290,10 @@ impl Executor {
         .await?;
         if moved == 1 {
             self.publish(b.task_id, tenant_id, TaskStatus::Scheduled, b.attempt, Some(b.node.clone()), None).await;
+        }
+        // A redelivered binding of an attempt that already runs has its Job.
+        if status == TaskStatus::Running {
+            return Ok(());
         }
         if let Err(e) = self.cluster.create_job(&job).await {
             warn!(error = %e, task = %b.task_id, "job creation failed; failing the attempt");
@@ -344,11 +358,13 @@ impl Executor {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                // Released even if PostgreSQL had already recorded it: a crash may have come
-                // between the two.
-                self.queue.finish(e.task_id).await?;
-                if let Some((tenant,)) = r {
-                    self.publish(e.task_id, tenant, TaskStatus::Succeeded, e.attempt, None, None).await;
+                match r {
+                    Some((tenant,)) => {
+                        self.queue.finish(e.task_id).await?;
+                        self.publish(e.task_id, tenant, TaskStatus::Succeeded, e.attempt, None, None).await;
+                    }
+                    // A repeat, or an old attempt's late word.
+                    None => self.repair(e.task_id, e.attempt).await?,
                 }
             }
             JobPhase::Failed { exit_code, reason, message, at } => {
@@ -395,14 +411,7 @@ impl Executor {
             // Already recorded (a repeated event) or the task moved on: only make sure Redis
             // does not keep the reservation of a task that is no longer live.
             tx.commit().await?;
-            let live: Option<(String,)> = sqlx::query_as("select status from tasks where id = $1")
-                .bind(task_id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if live.is_none_or(|(s,)| s.parse::<TaskStatus>().is_ok_and(TaskStatus::is_terminal)) {
-                self.queue.finish(task_id).await?;
-            }
-            return Ok(());
+            return self.repair(task_id, attempt).await;
         };
         let (current, max) = (current.unwrap_or(0).max(0) as u32, max.unwrap_or(0).max(0) as u32);
         if current < max {
@@ -436,6 +445,40 @@ impl Executor {
             self.queue.finish(task_id).await?;
             info!(task = %task_id, attempt, %error, "task failed");
             self.publish(task_id, tenant, TaskStatus::Failed, attempt, None, Some(error)).await;
+        }
+        Ok(())
+    }
+
+    /// Makes Redis agree with PostgreSQL when a binding or event of `attempt` finds the task
+    /// moved on. The PostgreSQL half of a step may have committed and its Redis half failed
+    /// (a blip, a crash), and the repeat that follows lands here:
+    /// - a task that is over (terminal or deleted) is released;
+    /// - a task that PostgreSQL already sent to attempt `attempt + 1` gets its Redis retry
+    ///   again, which is idempotent per attempt (a no-op if it was done).
+    ///
+    /// A newer attempt's reservation is never touched.
+    pub async fn repair(&self, task_id: Uuid, attempt: u32) -> Result<(), ExecutorError> {
+        let row: Option<(String, Option<i32>, Option<DateTime<Utc>>)> =
+            sqlx::query_as("select status, current_retry_count, not_before from tasks where id = $1")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            None => {
+                self.queue.finish(task_id).await?;
+            }
+            Some((status, _, _)) if status.parse::<TaskStatus>().is_ok_and(TaskStatus::is_terminal) => {
+                self.queue.finish(task_id).await?;
+            }
+            Some((status, Some(current), not_before))
+                if status == "pending" && current as i64 == i64::from(attempt) + 1 =>
+            {
+                let delay = not_before.and_then(|t| (t - Utc::now()).to_std().ok()).unwrap_or(Duration::ZERO);
+                if self.queue.retry(task_id, attempt, delay).await? {
+                    info!(task = %task_id, attempt, "re-applied a retry that Redis had missed");
+                }
+            }
+            Some(_) => {}
         }
         Ok(())
     }

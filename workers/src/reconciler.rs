@@ -1,9 +1,13 @@
 //! The reconciler: PostgreSQL is the system of record; this makes Redis agree with it.
 //!
-//! One instance is active at a time (a Redis lease). Each pass enqueues pending tasks that
-//! Redis does not know: admissions whose enqueue failed, and everything after Redis lost its
-//! data. Enqueue is idempotent, so a pass racing a fresh admission is harmless; tasks updated
-//! in the last few seconds are skipped anyway to keep passes cheap.
+//! One instance is active at a time (a Redis lease). Each pass walks every pending task and
+//! enqueues those Redis does not know (admissions whose enqueue failed, everything after Redis
+//! lost its data), and re-applies retries whose Redis half was lost. Enqueue and retry are
+//! idempotent, so a pass racing the normal path is harmless; tasks updated in the last few
+//! seconds are skipped anyway to keep passes cheap.
+//!
+//! Not yet reconciled (the Kubernetes executor's work): tasks `scheduled` or `running` whose
+//! Job vanished with an executor, and reservations of running tasks after Redis lost its data.
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,8 +21,8 @@ use uuid::Uuid;
 
 use crate::executor::ExecutorError;
 
-/// Tasks looked at per pass; the rest wait for the next pass.
-const PASS_LIMIT: i64 = 1000;
+/// Pending tasks read (and looked up in Redis, in one pipeline) per page.
+const PAGE: i64 = 1000;
 
 #[derive(sqlx::FromRow)]
 struct PendingRow {
@@ -30,6 +34,7 @@ struct PendingRow {
     tolerations: Option<serde_json::Value>,
     current_retry_count: Option<i32>,
     not_before: Option<DateTime<Utc>>,
+    created_at: Option<DateTime<Utc>>,
 }
 
 /// The scheduling view of a stored task.
@@ -58,39 +63,67 @@ fn spec_of(r: PendingRow) -> Result<(SchedulingSpec, Option<DateTime<Utc>>), Exe
     Ok((spec, r.not_before))
 }
 
-/// One pass: returns how many tasks it enqueued.
+/// One pass over every pending task, in pages: returns how many tasks it put right.
+///
+/// - Unknown to Redis: enqueued (honouring `not_before`).
+/// - Bound in Redis at an older attempt: PostgreSQL already sent the task to its next attempt
+///   and the Redis half of that retry was lost; the retry is applied again.
 pub async fn reconcile_once(pool: &PgPool, queue: &Queue, min_age: Duration) -> Result<usize, ExecutorError> {
-    let rows: Vec<PendingRow> = sqlx::query_as(
-        "select t.id, n.name as tenant_name, t.resource_requests, t.priority, t.node_selector, t.tolerations,
-                t.current_retry_count, t.not_before
-         from tasks t join tenants n on n.id = t.tenant_id
-         where t.status = 'pending' and t.updated_at < now() - $1::interval
-         order by t.created_at
-         limit $2",
-    )
-    .bind(format!("{} milliseconds", min_age.as_millis()))
-    .bind(PASS_LIMIT)
-    .fetch_all(pool)
-    .await?;
-    let mut enqueued = 0;
-    for row in rows {
-        let id = row.id;
-        if queue.task_state(id).await?.is_some() {
-            continue;
-        }
-        let (spec, not_before) = match spec_of(row) {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(task = %id, error = %e, "cannot enqueue a malformed task");
-                continue;
+    let mut repaired = 0;
+    // Keyset pagination: every pending task is looked at, however many are queued normally.
+    // (created_at, id) of the last task seen; the seed's created_at is nullable, so a missing
+    // one sorts as the epoch (which is also where the walk starts).
+    let mut after: (DateTime<Utc>, Uuid) = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
+    loop {
+        let rows: Vec<PendingRow> = sqlx::query_as(
+            "select t.id, n.name as tenant_name, t.resource_requests, t.priority, t.node_selector, t.tolerations,
+                    t.current_retry_count, t.not_before, t.created_at
+             from tasks t join tenants n on n.id = t.tenant_id
+             where t.status = 'pending' and t.updated_at < now() - $1::interval
+               and (coalesce(t.created_at, 'epoch'), t.id) > ($2, $3)
+             order by coalesce(t.created_at, 'epoch'), t.id
+             limit $4",
+        )
+        .bind(format!("{} milliseconds", min_age.as_millis()))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(PAGE)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = (last.created_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH), last.id);
+        let full_page = rows.len() as i64 == PAGE;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let states = queue.task_states(&ids).await?;
+        for (row, state) in rows.into_iter().zip(states) {
+            let id = row.id;
+            let (spec, not_before) = match spec_of(row) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(task = %id, error = %e, "cannot enqueue a malformed task");
+                    continue;
+                }
+            };
+            let delay = not_before.and_then(|t| (t - Utc::now()).to_std().ok()).unwrap_or(Duration::ZERO);
+            match state {
+                None => {
+                    if queue.enqueue(&spec, delay).await?.is_some() {
+                        repaired += 1;
+                    }
+                }
+                Some(st) if st.state == "bound" && st.attempt < spec.attempt => {
+                    if queue.retry(id, st.attempt, delay).await? {
+                        repaired += 1;
+                    }
+                }
+                Some(_) => {}
             }
-        };
-        let delay = not_before.and_then(|t| (t - Utc::now()).to_std().ok()).unwrap_or(Duration::ZERO);
-        if queue.enqueue(&spec, delay).await?.is_some() {
-            enqueued += 1;
+        }
+        if !full_page {
+            break;
         }
     }
-    Ok(enqueued)
+    Ok(repaired)
 }
 
 /// Runs passes every `every` while this process holds the reconciler lease.

@@ -181,6 +181,11 @@ async fn a_failed_attempt_is_retried_once_per_failure_then_the_task_fails(pool: 
     tokio::time::sleep(Duration::from_millis(80)).await;
     let b1 = f.bind(id).await;
     assert_eq!(b1.attempt, 1);
+    // Attempt 0's Job reporting success late must not release attempt 1's reservation.
+    let late = JobEvent { task_id: id, attempt: 0, phase: JobPhase::Succeeded { at: Utc::now() } };
+    f.executor.handle_event(&late).await.unwrap();
+    assert_eq!(f.reserved().await.cpu_millis, 2000, "a stale attempt released the live one");
+    assert_eq!(f.status(id).await.0, "pending");
     // The old binding, redelivered late, is recognised as stale.
     f.executor.handle_binding(&b).await.unwrap();
     f.executor.handle_binding(&b1).await.unwrap();
@@ -191,6 +196,82 @@ async fn a_failed_attempt_is_retried_once_per_failure_then_the_task_fails(pool: 
     assert_eq!(f.executions(id).await, vec![(0, "failed".to_string()), (1, "failed".to_string())]);
     assert_eq!(f.queue.task_state(id).await.unwrap(), None);
     assert_eq!(f.reserved().await, Resources::ZERO);
+}
+
+/// PostgreSQL committed the retry of attempt 0 but Redis never heard of it (a blip between
+/// the two): Redis still holds attempt 0's reservation.
+async fn lose_the_redis_half_of_a_retry(f: &Fixture, id: Uuid) {
+    sqlx::query("update tasks set status = 'pending', current_retry_count = 1, not_before = now() where id = $1")
+        .bind(id)
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(f.queue.task_state(id).await.unwrap().unwrap().state, "bound");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_repeated_failure_reapplies_a_retry_that_redis_missed(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, b) = f.bound_task(1, "1h").await;
+    f.executor.handle_binding(&b).await.unwrap();
+    lose_the_redis_half_of_a_retry(&f, id).await;
+    let failed = JobEvent {
+        task_id: id,
+        attempt: 0,
+        phase: JobPhase::Failed {
+            exit_code: Some(1),
+            reason: "Error".into(),
+            message: "exit 1".into(),
+            at: Utc::now(),
+        },
+    };
+    f.executor.handle_event(&failed).await.unwrap();
+    let q = f.queue.task_state(id).await.unwrap().unwrap();
+    assert_eq!((q.state.as_str(), q.attempt), ("delayed", 1));
+    assert_eq!(f.reserved().await, Resources::ZERO);
+    assert_eq!(f.status(id).await.1, 1, "PostgreSQL is not retried twice");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_reconciler_reapplies_a_retry_that_redis_missed(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, _) = f.bound_task(1, "1h").await;
+    lose_the_redis_half_of_a_retry(&f, id).await;
+    sqlx::query("update tasks set updated_at = now() - interval '1 minute' where id = $1")
+        .bind(id)
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(berth_workers::reconciler::reconcile_once(&f.pool, &f.queue, Duration::from_secs(1)).await.unwrap(), 1);
+    assert_eq!(f.queue.task_state(id).await.unwrap().unwrap().attempt, 1);
+    assert_eq!(f.reserved().await, Resources::ZERO);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_reconciler_reaches_every_pending_task_however_many_wait(pool: PgPool) {
+    let f = fixture(pool).await;
+    // 2,500 pending tasks that Redis knows, then one it lost: it is found past the first pages.
+    sqlx::query(
+        "insert into tasks (tenant_id, user_id, name, image, resource_requests, created_at, updated_at)
+         select $1, $2, 'old-' || g, 'busybox', '{}', now() - interval '1 hour' + g * interval '1 ms', now() - interval '1 hour'
+         from generate_series(1, 2500) g",
+    )
+    .bind(f.tenant)
+    .bind(f.user)
+    .execute(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(berth_workers::reconciler::reconcile_once(&f.pool, &f.queue, Duration::ZERO).await.unwrap(), 2500);
+    let lost = Uuid::now_v7();
+    sqlx::query("insert into tasks (id, tenant_id, user_id, name, image, resource_requests) values ($1, $2, $3, 'new', 'busybox', '{}')")
+        .bind(lost)
+        .bind(f.tenant)
+        .bind(f.user)
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(berth_workers::reconciler::reconcile_once(&f.pool, &f.queue, Duration::ZERO).await.unwrap(), 1);
+    assert!(f.queue.task_state(lost).await.unwrap().is_some());
 }
 
 #[sqlx::test(migrations = "../migrations")]

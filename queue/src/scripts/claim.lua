@@ -49,7 +49,9 @@ table.sort(heads, function(a, b)
 end)
 
 local out = {}
-for i = 1, math.min(batch, #heads) do
+local taken = 0
+for i = 1, #heads do
+  if taken >= batch then break end
   local h = heads[i]
   local ready = prefix .. 'ready:' .. h.tenant
   local task = prefix .. 'task:' .. h.id
@@ -57,12 +59,17 @@ for i = 1, math.min(batch, #heads) do
   if redis.call('ZCARD', ready) == 0 then
     redis.call('SREM', KEYS[1], h.tenant)
   end
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), h.id)
-  redis.call('HSET', task, 'state', 'leased', 'owner', ARGV[4])
   local f = redis.call('HMGET', task, 'spec', 'seq', 'attempt')
-  out[#out + 1] = h.id
-  out[#out + 1] = f[1]
-  out[#out + 1] = f[2]
-  out[#out + 1] = f[3]
+  -- A ready entry whose hash is gone (partial data loss) is dropped, not leased: leasing
+  -- would create a partial hash that blocks the reconciler's re-enqueue.
+  if f[1] then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), h.id)
+    redis.call('HSET', task, 'state', 'leased', 'owner', ARGV[4])
+    out[#out + 1] = h.id
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = f[3]
+    taken = taken + 1
+  end
 end
 return out

@@ -41,6 +41,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'delayed')
-redis.call('HDEL', KEYS[1], 'node', 'owner')
+redis.call('HDEL', KEYS[1], 'node', 'owner', 'reason')
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[1])
 return 1

@@ -11,6 +11,8 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], 'owner')
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'reason', ARGV[4])
+else
+  redis.call('HDEL', KEYS[1], 'reason')
 end
 local delay = tonumber(ARGV[3])
 if delay > 0 then
