@@ -60,6 +60,13 @@ pub struct TaskState {
     pub attempt: u32,
 }
 
+/// The task hash fields behind a [`TaskState`], in [`TaskState::FIELDS`] order.
+type StateFields = (Option<String>, Option<String>, Option<String>, Option<u32>);
+
+impl TaskState {
+    const FIELDS: [&'static str; 4] = ["state", "node", "reason", "attempt"];
+}
+
 /// A task state change, as published on the event stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEvent {
@@ -347,12 +354,7 @@ impl Queue {
 
     /// What Redis knows of a task, if it is queued, leased, delayed or bound.
     pub async fn task_state(&self, task_id: Uuid) -> Result<Option<TaskState>, QueueError> {
-        let f: (Option<String>, Option<String>, Option<String>, Option<u32>) = redis::cmd("HMGET")
-            .arg(self.keys.task(task_id))
-            .arg(&["state", "node", "reason", "attempt"])
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(f.0.map(|state| TaskState { state, node: f.1, reason: f.2, attempt: f.3.unwrap_or(0) }))
+        Ok(self.task_states(&[task_id]).await?.pop().flatten())
     }
 
     /// [`Queue::task_state`] of many tasks in one round trip.
@@ -362,13 +364,14 @@ impl Queue {
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("HMGET").arg(self.keys.task(*id)).arg(&["state", "node", "reason", "attempt"]);
+            pipe.cmd("HMGET").arg(self.keys.task(*id)).arg(&TaskState::FIELDS);
         }
-        let rows: Vec<(Option<String>, Option<String>, Option<String>, Option<u32>)> =
-            pipe.query_async(&mut self.conn.clone()).await?;
+        let rows: Vec<StateFields> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(rows
             .into_iter()
-            .map(|f| f.0.map(|state| TaskState { state, node: f.1, reason: f.2, attempt: f.3.unwrap_or(0) }))
+            .map(|(state, node, reason, attempt)| {
+                state.map(|state| TaskState { state, node, reason, attempt: attempt.unwrap_or(0) })
+            })
             .collect())
     }
 
