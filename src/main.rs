@@ -270,6 +270,7 @@ async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
     )
     .fetch_one(&pool)
     .await?;
+    sqlx::query(berth_core::store::RELEASE_QUOTA).bind(None::<uuid::Uuid>).execute(&pool).await?;
     if lost > 0 {
         warn!(tasks = lost, "tasks that were running when berth dev last stopped are marked failed");
     }

@@ -125,12 +125,13 @@ pub struct Caller {
     pub tenant_id: Uuid,
     pub tenant: String,
     pub role: String,
+    /// An admin of the system tenant: administers the platform.
+    pub platform_admin: bool,
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+impl Caller {
+    /// Verifies the request's bearer token.
+    pub fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -143,7 +144,20 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("expected 'Authorization: Bearer <token>'".into()))?;
         let c = state.auth.verify(token)?;
-        Ok(Caller { user_id: c.sub, tenant_id: c.tid, tenant: c.tenant, role: c.role })
+        let platform_admin = c.role == "admin" && c.tenant == state.config.bootstrap.system_tenant;
+        Ok(Caller { user_id: c.sub, tenant_id: c.tid, tenant: c.tenant, role: c.role, platform_admin })
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    /// The caller [`crate::rbac::enforce`] authenticated, or (outside it) the token's.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            Some(c) => Ok(c.clone()),
+            None => Caller::authenticate(parts, state),
+        }
     }
 }
 
@@ -210,8 +224,18 @@ pub struct LoginResponse {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/auth/login", post(login))
+    Router::new()
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/me", axum::routing::get(me))
 }
+
+/// The user columns joined with the tenant, for every query that builds a [`UserRow`].
+const USER_ROW: &str =
+    "select u.id, u.tenant_id, t.name as tenant_name, u.username, u.email, u.password_hash, u.full_name,
+        u.role, u.status, t.status as tenant_status, u.created_at
+     from users u join tenants t on t.id = u.tenant_id";
 
 /// Candidates checked when a username exists in several tenants and no tenant is named: the
 /// password picks the account, and a bound keeps the work per request bounded.
@@ -244,14 +268,9 @@ async fn login(
     if !bad.is_empty() {
         return Err(ApiError::invalid(bad));
     }
-    let candidates: Vec<UserRow> = sqlx::query_as(
-        "select u.id, u.tenant_id, t.name as tenant_name, u.username, u.email, u.password_hash, u.full_name,
-                u.role, u.status, t.status as tenant_status, u.created_at
-         from users u join tenants t on t.id = u.tenant_id
-         where u.username = $1 and ($2::text is null or t.name = $2)
-         order by u.created_at
-         limit $3",
-    )
+    let candidates: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{USER_ROW} where u.username = $1 and ($2::text is null or t.name = $2) order by u.created_at limit $3"
+    )))
     .bind(&req.username)
     .bind(&req.tenant_name)
     .bind(MAX_LOGIN_CANDIDATES)
@@ -277,27 +296,139 @@ async fn login(
         .filter(|u| u.status == "active" && u.tenant_status == "active")
         .ok_or_else(|| ApiError::Unauthorized("invalid username or password".into()))?;
 
+    let mut tx = s.pool.begin().await?;
+    let response = session(&s, &mut tx, user, Uuid::new_v4()).await?;
+    sqlx::query("update users set last_login_at = now() where id = $1").bind(user.id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::info!(user = %user.id, tenant = %user.tenant_name, "login");
+    Ok(Json(response))
+}
+
+/// A new access token and a new refresh token of `family`, stored in `tx`.
+async fn session(
+    s: &AppState,
+    tx: &mut sqlx::PgConnection,
+    user: &UserRow,
+    family: Uuid,
+) -> Result<LoginResponse, ApiError> {
     let access_token = s.auth.issue(user)?;
     let refresh_token = new_refresh_token();
     let expires_at = Utc::now() + chrono::Duration::from_std(s.auth.refresh_ttl).unwrap_or(chrono::Duration::days(30));
-    let mut tx = s.pool.begin().await?;
     sqlx::query("insert into refresh_tokens (user_id, family_id, token_hash, expires_at) values ($1, $2, $3, $4)")
         .bind(user.id)
-        .bind(Uuid::new_v4())
+        .bind(family)
         .bind(refresh_token_hash(&refresh_token))
         .bind(expires_at)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("update users set last_login_at = now() where id = $1").bind(user.id).execute(&mut *tx).await?;
-    tx.commit().await?;
-    tracing::info!(user = %user.id, tenant = %user.tenant_name, "login");
-    Ok(Json(LoginResponse {
+    Ok(LoginResponse {
         access_token,
         refresh_token,
         token_type: "Bearer",
         expires_in: s.auth.access_ttl.as_secs(),
         user: user.into(),
-    }))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Rotates a refresh token: the presented one is spent, a new one of the same family is
+/// returned with a new access token. Presenting a spent token again means it leaked (or the
+/// client raced itself): the whole family is revoked, and its holder must log in again.
+async fn refresh(
+    State(s): State<AppState>,
+    ValidJson(req): ValidJson<RefreshRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let invalid = || ApiError::Unauthorized("refresh token invalid or expired".into());
+    if req.refresh_token.is_empty() || req.refresh_token.len() > MAX_CREDENTIAL_LEN {
+        return Err(invalid());
+    }
+    let mut tx = s.pool.begin().await?;
+    let row: Option<(Uuid, Uuid, Uuid, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "select id, user_id, family_id, expires_at, revoked_at, rotated_at from refresh_tokens where token_hash = $1 for update",
+    )
+    .bind(refresh_token_hash(&req.refresh_token))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, user_id, family, expires_at, revoked_at, rotated_at)) = row else { return Err(invalid()) };
+    if revoked_at.is_some() || expires_at <= Utc::now() {
+        return Err(invalid());
+    }
+    if rotated_at.is_some() {
+        sqlx::query("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null")
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(user = %user_id, %family, "refresh token reused; family revoked");
+        return Err(ApiError::Unauthorized("refresh token already used; the session is revoked, log in again".into()));
+    }
+    let user: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{USER_ROW} where u.id = $1")))
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let user = user.filter(|u| u.status == "active" && u.tenant_status == "active").ok_or_else(invalid)?;
+    sqlx::query("update refresh_tokens set rotated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
+    let response = session(&s, &mut tx, &user, family).await?;
+    tx.commit().await?;
+    Ok(Json(response))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// Ends sessions: the presented refresh token's family, or without one every session of the
+/// caller. Access tokens are not stored, so one already issued stays valid until it expires
+/// (`auth.access_token_ttl`).
+async fn logout(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutRequest::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let revoked = match req.refresh_token {
+        Some(token) => sqlx::query(
+            "update refresh_tokens set revoked_at = now()
+             where revoked_at is null and user_id = $2
+               and family_id = (select family_id from refresh_tokens where token_hash = $1 and user_id = $2)",
+        )
+        .bind(refresh_token_hash(&token))
+        .bind(caller.user_id)
+        .execute(&s.pool)
+        .await?
+        .rows_affected(),
+        None => sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
+            .bind(caller.user_id)
+            .execute(&s.pool)
+            .await?
+            .rows_affected(),
+    };
+    Ok(Json(serde_json::json!({ "message": "Logged out", "revoked_tokens": revoked })))
+}
+
+/// The caller's own account.
+async fn me(State(s): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    let user: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{USER_ROW} where u.id = $1")))
+        .bind(caller.user_id)
+        .fetch_optional(&s.pool)
+        .await?;
+    let user = user.ok_or_else(|| ApiError::Unauthorized("the token's user no longer exists".into()))?;
+    let mut v = serde_json::to_value(UserView::from(&user)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["tenant_name"] = serde_json::json!(user.tenant_name);
+    v["platform_admin"] = serde_json::json!(caller.platform_admin);
+    Ok(Json(serde_json::json!({ "data": v })))
 }
 
 /// 32 random bytes, base64url: opaque to clients, stored only as a hash.

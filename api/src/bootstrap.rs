@@ -19,6 +19,7 @@ pub async fn ensure_tenant(pool: &PgPool, name: &str, display_name: &str, descri
     .execute(pool)
     .await?;
     let (id,): (Uuid,) = sqlx::query_as("select id from tenants where name = $1").bind(name).fetch_one(pool).await?;
+    sqlx::query(berth_core::store::ENSURE_QUOTA_ROWS).bind(id).execute(pool).await?;
     Ok(id)
 }
 

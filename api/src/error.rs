@@ -38,6 +38,16 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Admitting the task would exceed its tenant's quota: 409 with what was asked and what
+    /// is left, as the seed's QuotaExceeded response.
+    #[error("quota exceeded")]
+    QuotaExceeded { requested: Value, available: Value },
+    /// The caller's tenant or account is suspended: 403.
+    #[error("suspended: {0}")]
+    Suspended(String),
+    /// The request contradicts the current state (a duplicate name, a live dependant): 409.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The body is larger than `api.body_limit_bytes`: 413.
     #[error("payload too large")]
     TooLarge(String),
@@ -69,6 +79,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) | ApiError::QuotaExceeded { .. } => StatusCode::CONFLICT,
+            ApiError::Suspended(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +100,11 @@ impl ApiError {
             ApiError::Forbidden => json!({ "error": "Insufficient permissions" }),
             ApiError::NotFound(what) => json!({ "error": what }),
             ApiError::MethodNotAllowed => json!({ "error": "Method not allowed" }),
+            ApiError::Conflict(why) => json!({ "error": why }),
+            ApiError::QuotaExceeded { requested, available } => {
+                json!({ "error": "Resource quota exceeded", "details": { "requested": requested, "available": available } })
+            }
+            ApiError::Suspended(why) => json!({ "error": "Insufficient permissions", "details": why }),
             ApiError::TooLarge(why) => json!({ "error": "Request body too large", "details": why }),
             ApiError::Unavailable(why) => json!({ "error": "Service unavailable", "details": why }),
             ApiError::Database(sqlx::Error::PoolTimedOut) => {

@@ -52,3 +52,97 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::field(if at_root { "(body)".to_string() } else { path }, msg)
     })
 }
+
+/// Query parameters, collected with every problem named before any is reported.
+#[derive(Debug, Default)]
+pub struct QueryCheck {
+    errs: Vec<crate::error::FieldError>,
+}
+
+/// The largest page number accepted; beyond it the offset would mean nothing useful.
+const MAX_PAGE: i64 = 1_000_000;
+/// The seed's default and largest page sizes.
+const DEFAULT_PAGE_SIZE: i64 = 20;
+const MAX_PAGE_SIZE: i64 = 100;
+
+impl QueryCheck {
+    fn int(&mut self, name: &str, raw: Option<&str>, default: i64, max: i64) -> i64 {
+        match raw {
+            None => default,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    self.errs
+                        .push(crate::error::FieldError::new(name, format!("must be an integer between 1 and {max}")));
+                    default
+                }
+            },
+        }
+    }
+
+    /// `page` (≥ 1, default 1) and `page_size` (1–100, default 20).
+    pub fn page(&mut self, page: Option<&str>, page_size: Option<&str>) -> Page {
+        Page {
+            page: self.int("page", page, 1, MAX_PAGE),
+            size: self.int("page_size", page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+        }
+    }
+
+    /// An optional value parsed by `parse`; empty counts as absent.
+    pub fn parse<T, E: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        raw: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        match raw.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(v) => match parse(v) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.errs.push(crate::error::FieldError::new(name, e.to_string()));
+                    None
+                }
+            },
+        }
+    }
+
+    /// An optional UUID.
+    pub fn uuid(&mut self, name: &str, raw: Option<&str>) -> Option<uuid::Uuid> {
+        self.parse(name, raw, |v| uuid::Uuid::parse_str(v).map_err(|_| "must be a UUID"))
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::BadRequest { error: "Invalid query parameters".into(), fields: self.errs })
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub page: i64,
+    pub size: i64,
+}
+
+impl Page {
+    pub fn offset(&self) -> i64 {
+        (self.page - 1) * self.size
+    }
+
+    /// The seed's Pagination object.
+    pub fn json(&self, total: i64) -> serde_json::Value {
+        serde_json::json!({ "page": self.page, "page_size": self.size, "total": total, "total_pages": (total + self.size - 1) / self.size })
+    }
+}
+
+/// A path id that must be a UUID.
+pub fn path_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest {
+        error: format!("Invalid {what} ID"),
+        fields: vec![crate::error::FieldError::new("id", "must be a UUID")],
+    })
+}

@@ -3,7 +3,10 @@
 //! - [`error`]: [`ApiError`], the one HTTP error type: status codes and `{error, details}`.
 //! - [`extract`]: [`extract::ValidJson`], JSON bodies whose errors name the field.
 //! - [`auth`]: passwords (argon2id), JWTs, the [`auth::Caller`] extractor, `POST /v1/auth/login`.
+//! - [`rbac`]: who may call what, in one table, enforced by one middleware.
 //! - [`tasks`]: `POST /v1/tasks`, `GET /v1/tasks`, `GET /v1/tasks/{id}`.
+//! - [`tenants`]: tenants and their quotas (platform admins).
+//! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`bootstrap`]: the platform admin (every start) and the dev accounts (`berth dev`).
 //!
@@ -14,7 +17,10 @@ pub mod bootstrap;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod rbac;
 pub mod tasks;
+pub mod tenants;
+pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,7 +60,9 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.api.body_limit_bytes;
     Router::new()
         .merge(health::router())
-        .nest("/v1", auth::router().merge(tasks::router()))
+        .nest("/v1", auth::router().merge(tasks::router()).merge(tenants::router()).merge(users::router()))
+        // After routing, so the middleware sees which route matched.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), rbac::enforce))
         .fallback(|| async { ApiError::NotFound("Resource not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

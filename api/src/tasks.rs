@@ -21,10 +21,14 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
-use crate::extract::ValidJson;
+use crate::extract::{QueryCheck, ValidJson, path_id};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/tasks", get(list).post(create)).route("/tasks/{id}", get(get_one))
+    Router::new()
+        .route("/tasks", get(list).post(create))
+        .route("/tasks/{id}", get(get_one).delete(delete))
+        .route("/tasks/{id}/stop", axum::routing::post(stop))
+        .route("/tasks/{id}/executions", get(executions))
 }
 
 /// Retries of a failed attempt when the request names none (the seed's default).
@@ -40,7 +44,6 @@ const MAX_ENV_VALUE: usize = 32 * 1024;
 const MAX_GPU: i64 = 1024;
 const MAX_VOLUMES: usize = 32;
 const MAX_MOUNT_PATH: usize = 512;
-const MAX_PAGE: i64 = 1_000_000;
 
 /// A quantity as a string (`"500m"`) or a bare number (`2`), as Kubernetes accepts both.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,7 +54,7 @@ pub enum QuantityInput {
 }
 
 impl QuantityInput {
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         match self {
             QuantityInput::Text(s) => s.clone(),
             QuantityInput::Number(n) => n.to_string(),
@@ -366,10 +369,6 @@ async fn create(
     caller: Caller,
     ValidJson(req): ValidJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    // Viewers read their tenant; only users and admins submit (DESIGN.md §8).
-    if caller.role == "viewer" {
-        return Err(ApiError::Forbidden);
-    }
     let v = validate_task(req)?;
     let id = Uuid::now_v7();
     let mounts = v.req.volumes.clone().unwrap_or_default();
@@ -393,6 +392,22 @@ async fn create(
     if !missing.is_empty() {
         return Err(ApiError::invalid(missing));
     }
+    // The caller and its tenant must still be active: a token outlives a suspension.
+    let standing: Option<(String, String)> = sqlx::query_as(
+        "select u.status, t.status from users u join tenants t on t.id = u.tenant_id where u.id = $1 and t.id = $2",
+    )
+    .bind(caller.user_id)
+    .bind(caller.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match standing {
+        None => return Err(ApiError::Unauthorized("the token's user no longer exists".into())),
+        Some((_, t)) if t != "active" => return Err(ApiError::Suspended(format!("tenant {} is {t}", caller.tenant))),
+        Some((u, _)) if u != "active" => return Err(ApiError::Suspended(format!("your account is {u}"))),
+        Some(_) => {}
+    }
+    let charge = v.requests.with_defaults();
+    charge_quota(&mut tx, caller.tenant_id, &charge).await?;
     let volumes_json = json!(
         mounts
             .iter()
@@ -403,8 +418,10 @@ async fn create(
     let task: Task = sqlx::query_as(AssertSqlSafe(format!(
         "insert into tasks (id, tenant_id, user_id, name, description, image, command, args, env_vars,
             resource_requests, resource_limits, volumes, labels, node_selector, tolerations, priority,
-            max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, 'pending', $18, $19)
+            max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name,
+            quota_charged, quota_cpu, quota_memory, quota_gpu)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, 'pending', $18, $19,
+            true, $20, $21, $22)
          returning {TASK_COLUMNS}"
     )))
     .bind(id)
@@ -426,6 +443,9 @@ async fn create(
     .bind(v.max_retry_count)
     .bind(format!("tenant-{}", caller.tenant))
     .bind(format!("task-{id}-0"))
+    .bind(charge.cpu_millis as i64)
+    .bind(charge.memory_bytes as i64)
+    .bind(charge.gpu as i64)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| match &e {
@@ -463,15 +483,49 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!({ "data": task, "message": "Task created successfully" }))))
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest {
-        error: "Invalid task ID".into(),
-        fields: vec![FieldError::new("id", "must be a UUID")],
-    })
+/// Charges one task to its tenant's quota: one conditional update per kind, in the
+/// admission transaction, so concurrent admissions across API replicas never exceed a limit.
+/// Unlimited kinds are charged too, so that a limit set later starts from the true usage.
+async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources) -> Result<(), ApiError> {
+    let amounts: [(&str, i64); 4] =
+        [("cpu", r.cpu_millis as i64), ("memory", r.memory_bytes as i64), ("gpu", r.gpu as i64), ("tasks", 1)];
+    let charged: Vec<(String,)> = sqlx::query_as(
+        "update resource_quotas q set used_amount = coalesce(q.used_amount, 0) + r.amount, updated_at = now()
+         from (select unnest($2::text[]) as kind, unnest($3::bigint[]) as amount) r
+         where q.tenant_id = $1 and q.resource_type = r.kind and coalesce(q.used_amount, 0) <= q.hard_limit - r.amount
+         returning q.resource_type",
+    )
+    .bind(tenant)
+    .bind(amounts.iter().map(|a| a.0).collect::<Vec<_>>())
+    .bind(amounts.iter().map(|a| a.1).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let rows: Vec<(String, i64, Option<i64>)> =
+        sqlx::query_as("select resource_type, hard_limit, used_amount from resource_quotas where tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await?;
+    if charged.len() == rows.len() {
+        return Ok(());
+    }
+    // Refused (the caller rolls back): the request and what is left, in the request's units.
+    let show = |kind: &str, v: i64| match kind {
+        "cpu" => json!(quantity::format_cpu_millis(v.max(0) as u64)),
+        "memory" => json!(quantity::format_bytes(v.max(0) as u64)),
+        _ => json!(v.max(0)),
+    };
+    let mut requested = serde_json::Map::new();
+    let mut available = serde_json::Map::new();
+    for (kind, amount) in amounts {
+        requested.insert(kind.into(), show(kind, amount));
+        let left = rows.iter().find(|r| r.0 == kind).and_then(|r| (r.1 != i64::MAX).then(|| r.1 - r.2.unwrap_or(0)));
+        available.insert(kind.into(), left.map_or(Value::Null, |v| show(kind, v)));
+    }
+    Err(ApiError::QuotaExceeded { requested: Value::Object(requested), available: Value::Object(available) })
 }
 
 async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&raw)?;
+    let id = path_id(&raw, "task")?;
     let task: Option<Task> =
         sqlx::query_as(AssertSqlSafe(format!("select {TASK_COLUMNS} from tasks where id = $1 and tenant_id = $2")))
             .bind(id)
@@ -489,6 +543,115 @@ async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<Stri
     Ok(Json(body))
 }
 
+/// Cancels a live task: it ends `cancelled`, its quota and reservation are released, and its
+/// queued attempt is withdrawn. A task already over is left as it is, so repeating is
+/// harmless. Returns whether the task was live.
+async fn cancel(s: &AppState, caller: &Caller, id: Uuid) -> Result<bool, ApiError> {
+    let task: Option<(Uuid,)> = sqlx::query_as("select user_id from tasks where id = $1 and tenant_id = $2")
+        .bind(id)
+        .bind(caller.tenant_id)
+        .fetch_optional(&s.pool)
+        .await?;
+    let (owner,) = task.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
+    if !caller.may_manage_task(owner) {
+        return Err(ApiError::Forbidden);
+    }
+    let mut tx = s.pool.begin().await?;
+    let moved: Option<(Option<i32>,)> = sqlx::query_as(
+        "update tasks set status = 'cancelled', completed_at = now(), updated_at = now(), error_message = 'cancelled by a user'
+         where id = $1 and status = any($2) returning current_retry_count",
+    )
+    .bind(id)
+    .bind(TaskStatus::sources_of(TaskStatus::Cancelled))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((attempt,)) = moved else { return Ok(false) };
+    let attempt = attempt.unwrap_or(0).max(0);
+    sqlx::query(
+        "update task_executions set status = 'cancelled', finished_at = now()
+         where task_id = $1 and attempt = $2 and status in ('scheduled', 'running')",
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(berth_core::store::RELEASE_QUOTA).bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    // PostgreSQL says cancelled. Should this fail, the executor's next word on the task (an
+    // event, a binding) finds it over and releases it.
+    if let Err(e) = s.queue.finish(id).await {
+        tracing::warn!(task = %id, error = %e, "releasing a cancelled task in Redis failed; the executor will");
+    }
+    let event = berth_queue::TaskEvent {
+        task_id: id,
+        tenant_id: caller.tenant_id,
+        status: TaskStatus::Cancelled,
+        attempt: attempt as u32,
+        node: None,
+        message: Some("cancelled by a user".into()),
+    };
+    if let Err(e) = s.queue.publish_event(&event).await {
+        tracing::warn!(task = %id, error = %e, "publishing the cancellation failed");
+    }
+    Ok(true)
+}
+
+async fn stop(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let was_live = cancel(&s, &caller, path_id(&raw, "task")?).await?;
+    let message = if was_live { "Task stopped successfully" } else { "Task had already finished" };
+    Ok(Json(json!({ "message": message })))
+}
+
+/// Cancels the task if it is live, then removes it and its executions.
+async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&raw, "task")?;
+    cancel(&s, &caller, id).await?;
+    sqlx::query("delete from tasks where id = $1 and tenant_id = $2")
+        .bind(id)
+        .bind(caller.tenant_id)
+        .execute(&s.pool)
+        .await?;
+    Ok(Json(json!({ "message": "Task deleted successfully" })))
+}
+
+/// One attempt of a task.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Execution {
+    pub id: Uuid,
+    pub execution_id: String,
+    pub attempt: i32,
+    pub status: String,
+    pub node_name: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub error_message: Option<String>,
+    pub logs_path: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+async fn executions(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&raw, "task")?;
+    let found: Option<(Uuid,)> = sqlx::query_as("select id from tasks where id = $1 and tenant_id = $2")
+        .bind(id)
+        .bind(caller.tenant_id)
+        .fetch_optional(&s.pool)
+        .await?;
+    found.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
+    let rows: Vec<Execution> = sqlx::query_as(
+        "select id, execution_id, attempt, status, node_name, started_at, finished_at, exit_code, error_message, logs_path, created_at
+         from task_executions where task_id = $1 order by attempt",
+    )
+    .bind(id)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(Json(json!({ "data": rows })))
+}
+
 /// The seed's list parameters. Unknown parameters are ignored, as HTTP caches add their own.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
@@ -499,42 +662,11 @@ pub struct ListParams {
 }
 
 async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
-    let mut errs = Vec::new();
-    let int = |name: &str, raw: &Option<String>, default: i64, max: i64, errs: &mut Vec<FieldError>| match raw {
-        None => default,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if (1..=max).contains(&n) => n,
-            _ => {
-                errs.push(FieldError::new(name, format!("must be an integer between 1 and {max}")));
-                default
-            }
-        },
-    };
-    let page = int("page", &p.page, 1, MAX_PAGE, &mut errs);
-    let page_size = int("page_size", &p.page_size, 20, 100, &mut errs);
-    let status = match p.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(v) => match v.parse::<TaskStatus>() {
-            Ok(st) => Some(st.as_str()),
-            Err(e) => {
-                errs.push(FieldError::new("status", e.to_string()));
-                None
-            }
-        },
-    };
-    let user_id = match p.user_id.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(v) => match Uuid::parse_str(v) {
-            Ok(u) => Some(u),
-            Err(_) => {
-                errs.push(FieldError::new("user_id", "must be a UUID"));
-                None
-            }
-        },
-    };
-    if !errs.is_empty() {
-        return Err(ApiError::BadRequest { error: "Invalid query parameters".into(), fields: errs });
-    }
+    let mut q = QueryCheck::default();
+    let page = q.page(p.page.as_deref(), p.page_size.as_deref());
+    let status = q.parse("status", p.status.as_deref(), |v| v.parse::<TaskStatus>().map(TaskStatus::as_str));
+    let user_id = q.uuid("user_id", p.user_id.as_deref());
+    q.finish()?;
     let filter = "tenant_id = $1 and ($2::text is null or status = $2) and ($3::uuid is null or user_id = $3)";
     let (total,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("select count(*) from tasks where {filter}")))
         .bind(caller.tenant_id)
@@ -548,13 +680,9 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListPar
     .bind(caller.tenant_id)
     .bind(status)
     .bind(user_id)
-    .bind(page_size)
-    .bind((page - 1) * page_size)
+    .bind(page.size)
+    .bind(page.offset())
     .fetch_all(&s.pool)
     .await?;
-    let total_pages = (total + page_size - 1) / page_size;
-    Ok(Json(json!({
-        "data": tasks,
-        "pagination": { "page": page, "page_size": page_size, "total": total, "total_pages": total_pages },
-    })))
+    Ok(Json(json!({ "data": tasks, "pagination": page.json(total) })))
 }

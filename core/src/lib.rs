@@ -7,6 +7,7 @@
 //! - [`validate`]: field validation shared by the API and config (names, labels, images).
 //! - [`config`]: `berth.toml` with `BERTH_…` environment overrides, validated with key paths.
 //! - [`sim`]: the labels that steer the simulated cluster.
+//! - [`store`]: SQL shared by the roles that write the same rows (quota release).
 //!
 //! Start with [`task::TaskStatus`] and [`resources::Resources`]: the rest builds on them.
 
@@ -15,6 +16,7 @@ pub mod node;
 pub mod quantity;
 pub mod resources;
 pub mod sim;
+pub mod store;
 pub mod task;
 pub mod validate;
 

@@ -35,6 +35,10 @@ impl Keys {
     pub fn tenants(&self) -> String {
         format!("{}tenants", self.prefix)
     }
+    /// Set: suspended tenants, whose ready tasks stay queued and are not claimed.
+    pub fn suspended(&self) -> String {
+        format!("{}suspended", self.prefix)
+    }
     /// Sorted set: claimed tasks by lease expiry (ms).
     pub fn leases(&self) -> String {
         format!("{}leases", self.prefix)
@@ -95,6 +99,7 @@ mod tests {
             k.bindings(),
             k.events(),
             k.leader("r"),
+            k.suspended(),
         ] {
             assert!(key.starts_with("berth:{p1}:"), "{key}");
         }

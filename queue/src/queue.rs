@@ -176,6 +176,7 @@ impl Queue {
             .key(k.tenants())
             .key(k.leases())
             .key(k.delayed())
+            .key(k.suspended())
             .arg(k.prefix())
             .arg(batch)
             .arg(ms(lease).max(1))
@@ -272,6 +273,25 @@ impl Queue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
+    }
+
+    /// Marks a tenant suspended (its queued tasks are not claimed) or active again.
+    pub async fn set_suspended(&self, tenant: &str, suspended: bool) -> Result<(), QueueError> {
+        let cmd = if suspended { "SADD" } else { "SREM" };
+        let _: i64 = redis::cmd(cmd).arg(self.keys.suspended()).arg(tenant).query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Replaces the set of suspended tenants (the reconciler copies it from PostgreSQL).
+    pub async fn replace_suspended(&self, tenants: &[String]) -> Result<(), QueueError> {
+        let key = self.keys.suspended();
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        if !tenants.is_empty() {
+            pipe.cmd("SADD").arg(&key).arg(tenants).ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
     }
 
     /// Publishes a node's capacity and scheduling facts; keeps its reservations.

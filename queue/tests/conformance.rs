@@ -277,6 +277,21 @@ async fn a_task_handed_back_without_a_reason_loses_its_old_one() {
 }
 
 #[tokio::test]
+async fn a_suspended_tenants_tasks_stay_queued_until_it_is_reactivated() {
+    let t = TestQueue::new().await;
+    let (a, b) = (spec("a", 100, 100), spec("b", 0, 100));
+    t.0.enqueue(&a, Duration::ZERO).await.unwrap();
+    t.0.enqueue(&b, Duration::ZERO).await.unwrap();
+    t.0.set_suspended("a", true).await.unwrap();
+    let c = t.0.claim("s", 10, LEASE).await.unwrap();
+    assert_eq!(c.iter().map(|c| c.spec.task_id).collect::<Vec<_>>(), vec![b.task_id]);
+    assert!(t.0.claim("s", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(t.0.task_state(a.task_id).await.unwrap().unwrap().state, "ready");
+    t.0.replace_suspended(&[]).await.unwrap();
+    assert_eq!(t.0.claim("s", 10, LEASE).await.unwrap()[0].spec.task_id, a.task_id);
+}
+
+#[tokio::test]
 async fn the_leader_lease_has_one_holder() {
     let t = TestQueue::new().await;
     assert!(t.0.hold_leader("r", "a", Duration::from_millis(200)).await.unwrap());

@@ -329,8 +329,11 @@ impl Executor {
                 .bind(node)
                 .execute(&self.pool)
                 .await?;
-                if let Some((tenant,)) = r {
-                    self.publish(e.task_id, tenant, TaskStatus::Running, e.attempt, Some(node.clone()), None).await;
+                match r {
+                    Some((tenant,)) => {
+                        self.publish(e.task_id, tenant, TaskStatus::Running, e.attempt, Some(node.clone()), None).await
+                    }
+                    None => self.stop_if_cancelled(e.task_id, e.attempt).await?,
                 }
             }
             JobPhase::Succeeded { at } => {
@@ -357,6 +360,7 @@ impl Executor {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query(berth_core::store::RELEASE_QUOTA).bind(e.task_id).execute(&mut *tx).await?;
                 tx.commit().await?;
                 match r {
                     Some((tenant,)) => {
@@ -441,6 +445,7 @@ impl Executor {
             .bind(&error)
             .execute(&mut *tx)
             .await?;
+            sqlx::query(berth_core::store::RELEASE_QUOTA).bind(task_id).execute(&mut *tx).await?;
             tx.commit().await?;
             self.queue.finish(task_id).await?;
             info!(task = %task_id, attempt, %error, "task failed");
@@ -479,6 +484,24 @@ impl Executor {
                 }
             }
             Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A Job that started for a task cancelled meanwhile is deleted: the API cannot reach the
+    /// cluster, so the executor does it when the Job speaks up.
+    async fn stop_if_cancelled(&self, task_id: Uuid, attempt: u32) -> Result<(), ExecutorError> {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("select status, k8s_namespace from tasks where id = $1")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some((status, namespace)) = row
+            && status == TaskStatus::Cancelled.as_str()
+        {
+            let name = JobRequest::job_name(task_id, attempt);
+            self.cluster.delete_job(namespace.as_deref().unwrap_or_default(), &name).await?;
+            info!(task = %task_id, job = %name, "deleted the Job of a cancelled task");
         }
         Ok(())
     }

@@ -69,6 +69,13 @@ fn spec_of(r: PendingRow) -> Result<(SchedulingSpec, Option<DateTime<Utc>>), Exe
 /// - Bound in Redis at an older attempt: PostgreSQL already sent the task to its next attempt
 ///   and the Redis half of that retry was lost; the retry is applied again.
 pub async fn reconcile_once(pool: &PgPool, queue: &Queue, min_age: Duration) -> Result<usize, ExecutorError> {
+    // Which tenants are suspended is PostgreSQL's to say; Redis only caches it for claim.
+    let suspended: Vec<(String,)> =
+        sqlx::query_as("select name from tenants where status = 'suspended'").fetch_all(pool).await?;
+    queue.replace_suspended(&suspended.into_iter().map(|(n,)| n).collect::<Vec<_>>()).await?;
+    // Terminal tasks still holding quota (their terminal write raced a crash of an older
+    // version, or a manual edit) give it back.
+    sqlx::query(berth_core::store::RELEASE_QUOTA).bind(None::<Uuid>).execute(pool).await?;
     let mut repaired = 0;
     // Keyset pagination: every pending task is looked at, however many are queued normally.
     // (created_at, id) of the last task seen; the seed's created_at is nullable, so a missing

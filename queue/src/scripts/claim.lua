@@ -1,7 +1,8 @@
 -- claim: promote due work, then lease the best `batch` ready tasks across tenants.
 -- Promotion first returns due delayed tasks and expired leases (a dead scheduler's claims)
 -- to ready, so no separate timer process is needed.
--- KEYS[1] tenants set  KEYS[2] leases zset  KEYS[3] delayed zset
+-- Suspended tenants' tasks stay queued: they are skipped, not removed.
+-- KEYS[1] tenants set  KEYS[2] leases zset  KEYS[3] delayed zset  KEYS[4] suspended tenants set
 -- ARGV[1] key prefix ("berth:{p}:")  ARGV[2] batch size  ARGV[3] lease ms  ARGV[4] owner
 -- ARGV[5] max promotions this call
 -- Returns a flat array: id, spec, seq, attempt, id, spec, seq, attempt, ...
@@ -35,12 +36,14 @@ end
 -- Take up to `batch` heads from every tenant, then the best `batch` of those by score.
 local heads = {}
 for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local r = redis.call('ZRANGE', prefix .. 'ready:' .. tenant, 0, batch - 1, 'WITHSCORES')
-  if #r == 0 then
-    redis.call('SREM', KEYS[1], tenant)
-  end
-  for i = 1, #r, 2 do
-    heads[#heads + 1] = { id = r[i], score = tonumber(r[i + 1]), tenant = tenant }
+  if redis.call('SISMEMBER', KEYS[4], tenant) == 0 then
+    local r = redis.call('ZRANGE', prefix .. 'ready:' .. tenant, 0, batch - 1, 'WITHSCORES')
+    if #r == 0 then
+      redis.call('SREM', KEYS[1], tenant)
+    end
+    for i = 1, #r, 2 do
+      heads[#heads + 1] = { id = r[i], score = tonumber(r[i + 1]), tenant = tenant }
+    end
   end
 end
 table.sort(heads, function(a, b)
