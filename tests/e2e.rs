@@ -235,6 +235,12 @@ async fn separate_roles_run_fifty_tasks_from_two_tenants_to_their_outcomes() {
     for tenant in ["acme", "globex"] {
         assert!(queue.tenant_usage(tenant).await.unwrap().is_zero(), "{tenant} usage leaked");
     }
+    // And every quota charge was given back by the executor's terminal writes.
+    let (charged,): (i64,) = sqlx::query_as("select coalesce(sum(used_amount), 0)::bigint from resource_quotas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(charged, 0, "quota usage leaked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -330,6 +330,17 @@ async fn session(
     })
 }
 
+/// A stored refresh token.
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    id: Uuid,
+    user_id: Uuid,
+    family_id: Uuid,
+    expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+    rotated_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
@@ -348,13 +359,15 @@ async fn refresh(
         return Err(invalid());
     }
     let mut tx = s.pool.begin().await?;
-    let row: Option<(Uuid, Uuid, Uuid, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let row: Option<RefreshRow> = sqlx::query_as(
         "select id, user_id, family_id, expires_at, revoked_at, rotated_at from refresh_tokens where token_hash = $1 for update",
     )
     .bind(refresh_token_hash(&req.refresh_token))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, user_id, family, expires_at, revoked_at, rotated_at)) = row else { return Err(invalid()) };
+    let Some(RefreshRow { id, user_id, family_id: family, expires_at, revoked_at, rotated_at }) = row else {
+        return Err(invalid());
+    };
     if revoked_at.is_some() || expires_at <= Utc::now() {
         return Err(invalid());
     }

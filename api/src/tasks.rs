@@ -518,7 +518,11 @@ async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources) 
     let mut available = serde_json::Map::new();
     for (kind, amount) in amounts {
         requested.insert(kind.into(), show(kind, amount));
-        let left = rows.iter().find(|r| r.0 == kind).and_then(|r| (r.1 != i64::MAX).then(|| r.1 - r.2.unwrap_or(0)));
+        // Kinds this statement did charge are read back with the charge in them (the caller's
+        // rollback undoes it): add it back.
+        let ours = if charged.iter().any(|c| c.0 == kind) { amount } else { 0 };
+        let left =
+            rows.iter().find(|r| r.0 == kind).and_then(|r| (r.1 != i64::MAX).then(|| r.1 - r.2.unwrap_or(0) + ours));
         available.insert(kind.into(), left.map_or(Value::Null, |v| show(kind, v)));
     }
     Err(ApiError::QuotaExceeded { requested: Value::Object(requested), available: Value::Object(available) })

@@ -1,109 +1,20 @@
 //! API tests: real PostgreSQL (a fresh migrated database per test, from `#[sqlx::test]`),
 //! real Redis (a partition per test), requests through the router with `oneshot`.
 
+mod common;
+
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use berth_api::{AppState, bootstrap};
+use berth_api::bootstrap;
 use berth_core::config::Config;
-use berth_queue::Queue;
+use common::{api, task};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
-
-struct Api {
-    router: Router,
-    queue: Queue,
-    pool: PgPool,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        Queue::purge_blocking(&redis_url(), self.queue.partition());
-    }
-}
-
-fn redis_url() -> String {
-    std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-async fn api(pool: PgPool) -> Api {
-    let mut config = Config::default();
-    config.redis.partition = format!("test-{}", Uuid::new_v4().simple());
-    config.api.body_limit_bytes = 64 * 1024;
-    let queue = Queue::connect(&redis_url(), &config.redis.partition)
-        .await
-        .expect("Redis must be running (run `make services`)");
-    bootstrap::ensure_platform_admin(&pool, &config.bootstrap).await.unwrap();
-    for (tenant, user) in [("acme", "alice"), ("acme", "bob"), ("globex", "gina")] {
-        let tid = bootstrap::ensure_tenant(&pool, tenant, tenant, "").await.unwrap();
-        bootstrap::ensure_user(&pool, tid, user, &format!("{user}@{tenant}.test"), &format!("{user}-pw"), "user")
-            .await
-            .unwrap();
-    }
-    let state = AppState::new(pool.clone(), queue.clone(), config).unwrap();
-    Api { router: berth_api::router(state), queue, pool }
-}
-
-impl Api {
-    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty)).unwrap();
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }))
-        };
-        (status, v)
-    }
-
-    async fn login(&self, user: &str) -> String {
-        let (s, v) = self
-            .call(
-                "POST",
-                "/v1/auth/login",
-                None,
-                Some(&json!({"username": user, "password": format!("{user}-pw")}).to_string()),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["access_token"].as_str().unwrap().to_owned()
-    }
-
-    async fn submit(&self, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call("POST", "/v1/tasks", Some(token), Some(&body.to_string())).await
-    }
-
-    async fn task_count(&self) -> i64 {
-        sqlx::query_as::<_, (i64,)>("select count(*) from tasks").fetch_one(&self.pool).await.unwrap().0
-    }
-}
-
-fn task(name: &str) -> Value {
-    json!({
-        "name": name,
-        "image": "tensorflow/tensorflow:2.13.0-gpu",
-        "command": ["python", "train.py"],
-        "args": ["--epochs", "100"],
-        "env_vars": {"PYTHONPATH": "/app"},
-        "resource_requests": {"cpu": "500m", "memory": "1Gi", "gpu": 1},
-        "resource_limits": {"cpu": "1", "memory": "2Gi", "gpu": 1},
-        "labels": {"project": "ml-research", "team": "data-science"},
-        "node_selector": {"kubernetes.io/os": "linux"},
-        "tolerations": [{"key": "compute-platform/dedicated", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
-        "priority": 50
-    })
-}
 
 #[sqlx::test(migrations = "../migrations")]
 async fn login_answers_the_seed_shape_and_never_the_hash(pool: PgPool) {

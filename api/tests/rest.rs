@@ -1,0 +1,362 @@
+//! The REST API beyond the seed: RBAC on every route, tenants, quotas, users, sessions,
+//! stop/delete. Real PostgreSQL and Redis, as in `api.rs`.
+
+mod common;
+
+use axum::http::StatusCode;
+use berth_api::bootstrap;
+use berth_api::rbac::{Access, ROUTES};
+use common::{Api, api, task};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn login(a: &Api, user: &str, password: &str) -> (StatusCode, Value) {
+    a.call("POST", "/v1/auth/login", None, Some(&json!({"username": user, "password": password}).to_string())).await
+}
+
+async fn token(a: &Api, user: &str, password: &str) -> String {
+    let (s, v) = login(a, user, password).await;
+    assert_eq!(s, StatusCode::OK, "{user}: {v}");
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// acme gets an admin (ada) and a viewer (vic) beside its users alice and bob.
+async fn with_roles(a: &Api) {
+    let acme = bootstrap::ensure_tenant(&a.pool, "acme", "", "").await.unwrap();
+    bootstrap::ensure_user(&a.pool, acme, "ada", "ada@acme.test", "ada-pw", "admin").await.unwrap();
+    bootstrap::ensure_user(&a.pool, acme, "vic", "vic@acme.test", "vic-pw", "viewer").await.unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn every_route_allows_exactly_the_roles_its_level_names(pool: PgPool) {
+    let a = api(pool).await;
+    with_roles(&a).await;
+    let callers: Vec<(&str, Option<String>, Access)> = vec![
+        ("anonymous", None, Access::Public),
+        ("viewer", Some(token(&a, "vic", "vic-pw").await), Access::Read),
+        ("user", Some(token(&a, "alice", "alice-pw").await), Access::Write),
+        ("tenant admin", Some(token(&a, "ada", "ada-pw").await), Access::TenantAdmin),
+        ("platform admin", Some(token(&a, "admin", "admin").await), Access::PlatformAdmin),
+    ];
+    let mut checked = 0;
+    for (method, path, required) in ROUTES {
+        // Logout would end the sessions the other rows still need; it is checked last.
+        if *path == "/v1/auth/logout" {
+            continue;
+        }
+        let uri = path.replace("{id}", &Uuid::new_v4().to_string());
+        for (who, tok, level) in &callers {
+            let body = matches!(*method, "POST" | "PUT" | "PATCH").then_some("{}");
+            let (status, v) = a.call(method, &uri, tok.as_deref(), body).await;
+            let allowed = level >= required;
+            if allowed {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{who} should reach {method} {path}, got {status} {v}"
+                );
+            } else if tok.is_none() {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{who} on {method} {path}: {v}");
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{who} on {method} {path}: {v}");
+            }
+            assert!(!status.is_server_error(), "{who} {method} {path}: {status} {v}");
+            checked += 1;
+        }
+    }
+    for (_, tok, level) in &callers {
+        let (status, _) = a.call("POST", "/v1/auth/logout", tok.as_deref(), None).await;
+        let want = if *level == Access::Public { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+        assert_eq!(status, want);
+        checked += 1;
+    }
+    assert_eq!(checked, ROUTES.len() * callers.len());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn tenants_are_created_listed_updated_and_deleted_by_the_platform_admin(pool: PgPool) {
+    let a = api(pool).await;
+    let root = token(&a, "admin", "admin").await;
+    let body = json!({"name": "initech", "display_name": "Initech", "weight": 3, "quotas": {"cpu": "8", "tasks": 10}});
+    let (s, v) = a.call("POST", "/v1/tenants", Some(&root), Some(&body.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!((v["data"]["weight"].clone(), v["data"]["status"].clone()), (json!(3), json!("active")));
+    let (s, v) = a.call("POST", "/v1/tenants", Some(&root), Some(&body.to_string())).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    for (bad, field) in [
+        (json!({"name": "Not Valid"}), "name"),
+        (json!({"name": "x".repeat(57)}), "name"),
+        (json!({"name": "ok", "weight": 0}), "weight"),
+        (json!({"name": "ok", "quotas": {"cpu": "12x"}}), "quotas.cpu"),
+        (json!({"name": "ok", "surprise": 1}), "surprise"),
+    ] {
+        let (s, v) = a.call("POST", "/v1/tenants", Some(&root), Some(&bad.to_string())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["details"].as_str().unwrap().starts_with(field), "{bad}: {v}");
+    }
+    let (_, v) = a.call("GET", &format!("/v1/tenants/{id}/quotas"), Some(&root), None).await;
+    assert_eq!(v["data"]["cpu"], json!({"hard": "8", "used": "0"}));
+    assert_eq!(v["data"]["memory"]["hard"], Value::Null, "unnamed kinds are unlimited");
+    let (s, v) =
+        a.call("PUT", &format!("/v1/tenants/{id}/quotas"), Some(&root), Some(r#"{"memory": "64Gi", "gpu": 2}"#)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["memory"]["hard"], "64Gi");
+    assert_eq!(v["data"]["cpu"]["hard"], Value::Null, "PUT replaces the whole document");
+    let (s, v) =
+        a.call("PATCH", &format!("/v1/tenants/{id}"), Some(&root), Some(r#"{"weight": 5, "description": "d"}"#)).await;
+    assert_eq!((s, v["data"]["weight"].clone()), (StatusCode::OK, json!(5)));
+    let (s, _) = a.call("PATCH", &format!("/v1/tenants/{id}"), Some(&root), Some(r#"{"name": "renamed"}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "names are immutable");
+    let (_, v) = a.call("GET", "/v1/tenants?page_size=2", Some(&root), None).await;
+    assert_eq!(v["pagination"]["total"], 4);
+    let (_, all) = a.call("GET", "/v1/tenants?page_size=100", Some(&root), None).await;
+    let system_id = all["data"].as_array().unwrap().iter().find(|t| t["name"] == "system").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = a.call("DELETE", &format!("/v1/tenants/{system_id}"), Some(&root), None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = a.call("DELETE", &format!("/v1/tenants/{id}"), Some(&root), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = a.call("GET", &format!("/v1/tenants/{id}"), Some(&root), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_suspended_tenant_cannot_log_in_or_submit_and_its_queue_waits(pool: PgPool) {
+    let a = api(pool).await;
+    let root = token(&a, "admin", "admin").await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let (_, v) = a.submit(&alice, task("queued")).await;
+    let queued: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
+    let (acme,): (Uuid,) =
+        sqlx::query_as("select id from tenants where name = 'acme'").fetch_one(&a.pool).await.unwrap();
+    let (s, _) = a.call("PATCH", &format!("/v1/tenants/{acme}"), Some(&root), Some(r#"{"status": "suspended"}"#)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(login(&a, "bob", "bob-pw").await.0, StatusCode::UNAUTHORIZED);
+    let (s, v) = a.submit(&alice, task("refused")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a token issued before the suspension: {v}");
+    assert!(a.queue.claim("s", 10, std::time::Duration::from_secs(5)).await.unwrap().is_empty(), "its queue is held");
+    assert_eq!(a.queue.task_state(queued).await.unwrap().unwrap().state, "ready");
+    let (s, _) = a.call("PATCH", &format!("/v1/tenants/{acme}"), Some(&root), Some(r#"{"status": "active"}"#)).await;
+    assert_eq!(s, StatusCode::OK);
+    let claimed = a.queue.claim("s", 10, std::time::Duration::from_secs(5)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].spec.task_id, queued);
+}
+
+async fn set_quota(a: &Api, tenant: &str, doc: Value) {
+    let root = token(a, "admin", "admin").await;
+    let (id,): (Uuid,) =
+        sqlx::query_as("select id from tenants where name = $1").bind(tenant).fetch_one(&a.pool).await.unwrap();
+    let (s, v) = a.call("PUT", &format!("/v1/tenants/{id}/quotas"), Some(&root), Some(&doc.to_string())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+async fn used(a: &Api, tenant: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "select q.resource_type, q.used_amount from resource_quotas q join tenants t on t.id = q.tenant_id
+         where t.name = $1 order by q.resource_type",
+    )
+    .bind(tenant)
+    .fetch_all(&a.pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn exceeding_the_quota_is_409_with_what_was_asked_and_what_is_left(pool: PgPool) {
+    let a = api(pool).await;
+    set_quota(&a, "acme", json!({"cpu": "1", "gpu": 1})).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let (s, v) = a.submit(&alice, task("fits")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = a.submit(&alice, task("too-much")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"], "Resource quota exceeded");
+    assert_eq!(v["details"]["requested"], json!({"cpu": "500m", "memory": "1Gi", "gpu": 1, "tasks": 1}));
+    assert_eq!(v["details"]["available"], json!({"cpu": "500m", "memory": null, "gpu": 0, "tasks": null}));
+    assert_eq!(a.task_count().await, 1, "the refused task was not written");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_submissions_never_exceed_the_quota_and_usage_returns_to_zero(pool: PgPool) {
+    let a = std::sync::Arc::new(api(pool).await);
+    set_quota(&a, "acme", json!({"tasks": 7, "cpu": "100"})).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let bob = token(&a, "bob", "bob-pw").await;
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let (a, t) = (a.clone(), if i % 2 == 0 { alice.clone() } else { bob.clone() });
+        handles.push(tokio::spawn(async move { a.submit(&t, task(&format!("c-{i}"))).await }));
+    }
+    let mut admitted = Vec::new();
+    for h in handles {
+        let (s, v) = h.await.unwrap();
+        match s {
+            StatusCode::CREATED => admitted.push(v["data"]["id"].as_str().unwrap().to_owned()),
+            StatusCode::CONFLICT => assert_eq!(v["error"], "Resource quota exceeded"),
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!(admitted.len(), 7, "exactly the quota is admitted");
+    assert!(used(&a, "acme").await.contains(&("tasks".into(), 7)));
+    // Ending the tasks (stop here; the executor's terminal writes use the same release)
+    // gives everything back, and a repeat releases nothing twice.
+    let ada_tok = {
+        let acme = bootstrap::ensure_tenant(&a.pool, "acme", "", "").await.unwrap();
+        bootstrap::ensure_user(&a.pool, acme, "ada", "ada@acme.test", "ada-pw", "admin").await.unwrap();
+        token(&a, "ada", "ada-pw").await
+    };
+    for id in &admitted {
+        for _ in 0..2 {
+            let (s, v) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&ada_tok), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    }
+    assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0), "{:?}", used(&a, "acme").await);
+    let (s, _) = a.submit(&alice, task("after")).await;
+    assert_eq!(s, StatusCode::CREATED, "room again");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn stop_cancels_once_and_only_the_owner_or_an_admin_may(pool: PgPool) {
+    let a = api(pool).await;
+    with_roles(&a).await;
+    let (alice, bob, ada) =
+        (token(&a, "alice", "alice-pw").await, token(&a, "bob", "bob-pw").await, token(&a, "ada", "ada-pw").await);
+    let (_, v) = a.submit(&alice, task("mine")).await;
+    let id = v["data"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another user's task");
+    let gina = token(&a, "gina", "gina-pw").await;
+    let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&gina), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another tenant's task");
+    let (s, v) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&alice), None).await;
+    assert_eq!((s, v["message"].clone()), (StatusCode::OK, json!("Task stopped successfully")));
+    let (_, v) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&ada), None).await;
+    assert_eq!(v["message"], "Task had already finished");
+    let (_, v) = a.call("GET", &format!("/v1/tasks/{id}"), Some(&alice), None).await;
+    assert_eq!(v["data"]["status"], "cancelled");
+    assert!(v["data"]["completed_at"].is_string());
+    assert_eq!(a.queue.task_state(id.parse().unwrap()).await.unwrap(), None, "withdrawn from the queue");
+    let (s, v) = a.call("GET", &format!("/v1/tasks/{id}/executions"), Some(&alice), None).await;
+    assert_eq!((s, v["data"].clone()), (StatusCode::OK, json!([])));
+    // Delete cancels a live task first, then removes it.
+    let (_, v) = a.submit(&alice, task("doomed")).await;
+    let doomed = v["data"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = a.call("DELETE", &format!("/v1/tasks/{doomed}"), Some(&ada), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = a.call("GET", &format!("/v1/tasks/{doomed}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn tenant_admins_manage_their_own_users_only(pool: PgPool) {
+    let a = api(pool).await;
+    with_roles(&a).await;
+    let ada = token(&a, "ada", "ada-pw").await;
+    let new = json!({"username": "carol", "email": "carol@acme.test", "password": "carol-password", "role": "viewer"});
+    let (s, v) = a.call("POST", "/v1/users", Some(&ada), Some(&new.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(!v.to_string().contains("argon2"));
+    let carol = v["data"]["id"].as_str().unwrap().to_owned();
+    assert!(!token(&a, "carol", "carol-password").await.is_empty());
+    let (s, v) = a.call("POST", "/v1/users", Some(&ada), Some(&new.to_string())).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = a
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&ada),
+            Some(r#"{"username":"dup","email":"alice@acme.test","password":"longenough"}"#),
+        )
+        .await;
+    assert_eq!((s, v["error"].clone()), (StatusCode::CONFLICT, json!("that email is already in use")));
+    for (bad, field) in [
+        (json!({"username": "x y", "email": "x@y.z", "password": "longenough"}), "username"),
+        (json!({"username": "x", "email": "nope", "password": "longenough"}), "email"),
+        (json!({"username": "x", "email": "x@y.z", "password": "short"}), "password"),
+        (json!({"username": "x", "email": "x@y.z", "password": "longenough", "role": "god"}), "role"),
+    ] {
+        let (s, v) = a.call("POST", "/v1/users", Some(&ada), Some(&bad.to_string())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["details"].as_str().unwrap().starts_with(field), "{v}");
+    }
+    // Another tenant's users do not exist for a tenant admin.
+    let (gina,): (Uuid,) =
+        sqlx::query_as("select id from users where username = 'gina'").fetch_one(&a.pool).await.unwrap();
+    let (s, _) = a.call("GET", &format!("/v1/users/{gina}"), Some(&ada), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (globex,): (Uuid,) =
+        sqlx::query_as("select id from tenants where name = 'globex'").fetch_one(&a.pool).await.unwrap();
+    let (s, _) = a.call("GET", &format!("/v1/users?tenant_id={globex}"), Some(&ada), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v) = a.call("GET", "/v1/users?role=viewer", Some(&ada), None).await;
+    assert_eq!(v["pagination"]["total"], 2, "vic and carol");
+    // A password change ends the user's sessions; a suspension refuses the next login.
+    let (_, carol_login) = login(&a, "carol", "carol-password").await;
+    let (s, _) = a
+        .call(
+            "PATCH",
+            &format!("/v1/users/{carol}"),
+            Some(&ada),
+            Some(r#"{"password": "another-password", "role": "user"}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = a
+        .call(
+            "POST",
+            "/v1/auth/refresh",
+            None,
+            Some(&json!({"refresh_token": carol_login["refresh_token"]}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(login(&a, "carol", "carol-password").await.0, StatusCode::UNAUTHORIZED);
+    token(&a, "carol", "another-password").await;
+    let (ada_id,): (Uuid,) =
+        sqlx::query_as("select id from users where username = 'ada'").fetch_one(&a.pool).await.unwrap();
+    let (s, _) = a.call("PATCH", &format!("/v1/users/{ada_id}"), Some(&ada), Some(r#"{"role": "viewer"}"#)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "no self-demotion");
+    let (s, _) = a.call("DELETE", &format!("/v1/users/{carol}"), Some(&ada), None).await;
+    assert_eq!(s, StatusCode::OK);
+    // The platform admin may act in any tenant.
+    let root = token(&a, "admin", "admin").await;
+    let body = json!({"username": "gus", "email": "gus@globex.test", "password": "gus-password", "tenant_id": globex});
+    let (s, v) = a.call("POST", "/v1/users", Some(&root), Some(&body.to_string())).await;
+    assert_eq!((s, v["data"]["tenant_id"].clone()), (StatusCode::CREATED, json!(globex)));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family(pool: PgPool) {
+    let a = api(pool).await;
+    let (_, first) = login(&a, "alice", "alice-pw").await;
+    let refresh = |t: &Value| json!({"refresh_token": t["refresh_token"]}).to_string();
+    let (s, second) = a.call("POST", "/v1/auth/refresh", None, Some(&refresh(&first))).await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    let (s, v) = a.call("GET", "/v1/me", second["access_token"].as_str(), None).await;
+    assert_eq!(
+        (s, v["data"]["username"].clone(), v["data"]["tenant_name"].clone()),
+        (StatusCode::OK, json!("alice"), json!("acme"))
+    );
+    // Presenting the spent token again: refused, and its whole family with it.
+    let (s, v) = a.call("POST", "/v1/auth/refresh", None, Some(&refresh(&first))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = a.call("POST", "/v1/auth/refresh", None, Some(&refresh(&second))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the family is revoked");
+    // Another session of the same user is untouched, until logout.
+    let (_, other) = login(&a, "alice", "alice-pw").await;
+    let (s, v) = a.call("POST", "/v1/auth/logout", other["access_token"].as_str(), Some(&refresh(&other))).await;
+    assert_eq!((s, v["revoked_tokens"].clone()), (StatusCode::OK, json!(1)));
+    let (s, _) = a.call("POST", "/v1/auth/refresh", None, Some(&refresh(&other))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for bad in [r#"{"refresh_token": ""}"#, r#"{"refresh_token": "nope"}"#, r#"{}"#, "{"] {
+        let (s, _) = a.call("POST", "/v1/auth/refresh", None, Some(bad)).await;
+        assert!(s == StatusCode::UNAUTHORIZED || s == StatusCode::BAD_REQUEST, "{bad}: {s}");
+    }
+}
