@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, FieldError};
-use crate::extract::ValidJson;
+use crate::extract::{ClientAddr, ValidJson};
 
 /// Issuer and audience of berth's tokens.
 const ISSUER: &str = "berth";
@@ -244,6 +244,7 @@ const MAX_CREDENTIAL_LEN: usize = 1024;
 
 async fn login(
     State(s): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ValidJson(req): ValidJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let mut bad = Vec::new();
@@ -268,6 +269,25 @@ async fn login(
     if !bad.is_empty() {
         return Err(ApiError::invalid(bad));
     }
+    // Rate limits come before any password work, so refused attempts cost no argon2.
+    let limits = &s.config.auth;
+    let user_key = format!("login:user:{}:{}", req.tenant_name.as_deref().unwrap_or(""), req.username.to_lowercase());
+    let too_many = |retry_after| ApiError::TooManyRequests { what: "login attempts", retry_after };
+    if let Some(addr) = addr
+        && let Some(wait) = s
+            .queue
+            .rate_limit(&format!("login:addr:{addr}"), limits.login_attempts_per_address, limits.login_window, true)
+            .await?
+    {
+        return Err(too_many(wait));
+    }
+    if let Some(wait) = s
+        .queue
+        .rate_limit(&user_key, limits.login_failures_per_user.saturating_sub(1), limits.login_window, false)
+        .await?
+    {
+        return Err(too_many(wait));
+    }
     let candidates: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{USER_ROW} where u.username = $1 and ($2::text is null or t.name = $2) order by u.created_at limit $3"
     )))
@@ -291,10 +311,11 @@ async fn login(
     .await
     .map_err(|e| ApiError::Internal(format!("password check: {e}")))?;
 
-    let user = matched
-        .map(|i| &candidates[i])
-        .filter(|u| u.status == "active" && u.tenant_status == "active")
-        .ok_or_else(|| ApiError::Unauthorized("invalid username or password".into()))?;
+    let Some(user) = matched.map(|i| &candidates[i]).filter(|u| u.status == "active" && u.tenant_status == "active")
+    else {
+        s.queue.rate_limit(&user_key, limits.login_failures_per_user, limits.login_window, true).await?;
+        return Err(ApiError::Unauthorized("invalid username or password".into()));
+    };
 
     let mut tx = s.pool.begin().await?;
     let response = session(&s, &mut tx, user, Uuid::new_v4()).await?;

@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The caller's tenant or account is suspended: 403.
     #[error("suspended: {0}")]
     Suspended(String),
+    /// Too many attempts (logins): 429 with Retry-After.
+    #[error("rate limited")]
+    TooManyRequests { what: &'static str, retry_after: std::time::Duration },
     /// The request contradicts the current state (a duplicate name, a live dependant): 409.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) | ApiError::QuotaExceeded { .. } => StatusCode::CONFLICT,
             ApiError::Suspended(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Queue(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,6 +108,9 @@ impl ApiError {
             ApiError::QuotaExceeded { requested, available } => {
                 json!({ "error": "Resource quota exceeded", "details": { "requested": requested, "available": available } })
             }
+            ApiError::TooManyRequests { what, retry_after } => {
+                json!({ "error": format!("Too many {what}"), "details": format!("retry in {}s", retry_after.as_secs().max(1)) })
+            }
             ApiError::Suspended(why) => json!({ "error": "Insufficient permissions", "details": why }),
             ApiError::TooLarge(why) => json!({ "error": "Request body too large", "details": why }),
             ApiError::Unavailable(why) => json!({ "error": "Service unavailable", "details": why }),
@@ -123,7 +130,15 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }
-        (status, Json(self.body())).into_response()
+        let mut response = (status, Json(self.body())).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            // Whole seconds, rounded up: a client that waits this long is let in.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 

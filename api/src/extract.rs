@@ -146,3 +146,15 @@ pub fn path_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
         fields: vec![crate::error::FieldError::new("id", "must be a UUID")],
     })
 }
+
+/// The client's IP address, when the server knows it (not under `oneshot` in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
+    }
+}

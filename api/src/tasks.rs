@@ -663,6 +663,27 @@ pub struct ListParams {
     pub page_size: Option<String>,
     pub status: Option<String>,
     pub user_id: Option<String>,
+    /// A label selector of equalities: `team=ml,project=x`.
+    pub labels: Option<String>,
+}
+
+/// Parses `k=v,k2=v2` (`==` also accepted) into the labels a task must all have.
+fn label_selector(raw: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once("==")
+            .or_else(|| part.split_once('='))
+            .ok_or_else(|| format!("{part:?} is not key=value (only equality selectors are supported)"))?;
+        let (k, v) = (k.trim(), v.trim());
+        validate::label_key(k).map_err(|e| format!("key {k:?} {e}"))?;
+        validate::label_value(v).map_err(|e| format!("value {v:?} {e}"))?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    if out.len() > MAX_MAP_ENTRIES {
+        return Err(format!("at most {MAX_MAP_ENTRIES} requirements"));
+    }
+    Ok(out)
 }
 
 async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
@@ -670,20 +691,25 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListPar
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
     let status = q.parse("status", p.status.as_deref(), |v| v.parse::<TaskStatus>().map(TaskStatus::as_str));
     let user_id = q.uuid("user_id", p.user_id.as_deref());
+    let labels = q.parse("labels", p.labels.as_deref(), label_selector).map(|m| json!(m));
     q.finish()?;
-    let filter = "tenant_id = $1 and ($2::text is null or status = $2) and ($3::uuid is null or user_id = $3)";
+    // Containment (@>) says "has all these labels".
+    let filter = "tenant_id = $1 and ($2::text is null or status = $2) and ($3::uuid is null or user_id = $3)
+                  and ($4::jsonb is null or labels @> $4)";
     let (total,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("select count(*) from tasks where {filter}")))
         .bind(caller.tenant_id)
         .bind(status)
         .bind(user_id)
+        .bind(&labels)
         .fetch_one(&s.pool)
         .await?;
     let tasks: Vec<Task> = sqlx::query_as(AssertSqlSafe(format!(
-        "select {TASK_COLUMNS} from tasks where {filter} order by created_at desc, id desc limit $4 offset $5"
+        "select {TASK_COLUMNS} from tasks where {filter} order by created_at desc, id desc limit $5 offset $6"
     )))
     .bind(caller.tenant_id)
     .bind(status)
     .bind(user_id)
+    .bind(&labels)
     .bind(page.size)
     .bind(page.offset())
     .fetch_all(&s.pool)

@@ -313,7 +313,26 @@ async fn listing_paginates_and_filters(pool: PgPool) {
     assert_eq!(v["pagination"]["total"], 2);
     let (_, v) = a.call("GET", &format!("/v1/tasks?user_id={bob_id}"), Some(&alice), None).await;
     assert_eq!(v["pagination"]["total"], 1);
-    for q in ["page=0", "page=abc", "page_size=0", "page_size=101", "status=done", "user_id=bob"] {
+    sqlx::query("update tasks set labels = labels || '{\"tier\": \"gold\"}' where name in ('a-3', 'a-4')")
+        .execute(&a.pool)
+        .await
+        .unwrap();
+    let (_, v) = a.call("GET", "/v1/tasks?labels=team=data-science,tier=gold", Some(&alice), None).await;
+    assert_eq!(v["pagination"]["total"], 2, "{v}");
+    let (_, v) = a.call("GET", "/v1/tasks?labels=team==data-science", Some(&alice), None).await;
+    assert_eq!(v["pagination"]["total"], 24);
+    let (_, v) = a.call("GET", "/v1/tasks?labels=team=nobody", Some(&alice), None).await;
+    assert_eq!(v["pagination"]["total"], 0);
+    for q in [
+        "page=0",
+        "page=abc",
+        "page_size=0",
+        "page_size=101",
+        "status=done",
+        "user_id=bob",
+        "labels=team",
+        "labels=Bad%20Key=x",
+    ] {
         let (s, v) = a.call("GET", &format!("/v1/tasks?{q}"), Some(&alice), None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
         assert!(v["details"].as_str().unwrap().starts_with(q.split('=').next().unwrap()), "{q}: {v}");

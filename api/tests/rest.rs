@@ -360,3 +360,46 @@ async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family(pool: PgPool)
         assert!(s == StatusCode::UNAUTHORIZED || s == StatusCode::BAD_REQUEST, "{bad}: {s}");
     }
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn repeated_login_failures_are_429_with_retry_after(pool: PgPool) {
+    let a = api(pool).await;
+    for _ in 0..5 {
+        assert_eq!(login(&a, "alice", "wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+    // The limit holds even for the right password: a guesser cannot tell when it hit.
+    let resp = {
+        use tower::ServiceExt;
+        let req = axum::http::Request::post("/v1/auth/login")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(r#"{"username":"alice","password":"alice-pw"}"#))
+            .unwrap();
+        a.router.clone().oneshot(req).await.unwrap()
+    };
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(login(&a, "bob", "bob-pw").await.0, StatusCode::OK, "other users are not affected");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn one_address_cannot_spray_logins(pool: PgPool) {
+    use tower::ServiceExt;
+    let a = api(pool).await;
+    let from = |ip: [u8; 4], user: &str| {
+        let mut req = axum::http::Request::post("/v1/auth/login")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(json!({"username": user, "password": "x"}).to_string()))
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 4000))));
+        req
+    };
+    for i in 0..60 {
+        let s = a.router.clone().oneshot(from([127, 0, 0, 11], &format!("user{i}"))).await.unwrap().status();
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let s = a.router.clone().oneshot(from([127, 0, 0, 11], "another")).await.unwrap().status();
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let s = a.router.clone().oneshot(from([127, 0, 0, 12], "another")).await.unwrap().status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "another address is not affected");
+}

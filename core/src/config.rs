@@ -141,6 +141,15 @@ pub struct AuthConfig {
     /// 30 days: how long a refresh token stays valid.
     #[serde(with = "humantime_serde")]
     pub refresh_token_ttl: Duration,
+    /// 5 failed logins per username per `login_window`: enough for typos, far too few for
+    /// guessing. Further attempts get 429 with Retry-After until the window ends.
+    pub login_failures_per_user: u32,
+    /// 60 login attempts per client address per `login_window`, so one address cannot spray
+    /// many usernames; high enough for a team behind one NAT.
+    pub login_attempts_per_address: u32,
+    /// 1m: the window both login limits count in.
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
 }
 
 impl Default for AuthConfig {
@@ -149,6 +158,9 @@ impl Default for AuthConfig {
             jwt_secret: DEFAULT_JWT_SECRET.into(),
             access_token_ttl: Duration::from_secs(3600),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            login_failures_per_user: 5,
+            login_attempts_per_address: 60,
+            login_window: Duration::from_secs(60),
         }
     }
 }
@@ -605,6 +617,15 @@ impl Config {
         }
         if self.auth.access_token_ttl < Duration::from_secs(10) {
             bad("auth.access_token_ttl".into(), "must be at least 10s".into());
+        }
+        if self.auth.login_failures_per_user == 0 {
+            bad("auth.login_failures_per_user".into(), "must be at least 1".into());
+        }
+        if self.auth.login_attempts_per_address == 0 {
+            bad("auth.login_attempts_per_address".into(), "must be at least 1".into());
+        }
+        if self.auth.login_window < Duration::from_secs(1) {
+            bad("auth.login_window".into(), "must be at least 1s".into());
         }
         for (path, v) in
             [("bootstrap.system_tenant", &self.bootstrap.system_tenant), ("dev.demo_tenant", &self.dev.demo_tenant)]

@@ -71,6 +71,10 @@ impl Keys {
     pub fn leader(&self, role: &str) -> String {
         format!("{}leader:{role}", self.prefix)
     }
+    /// Counter with TTL: one rate limit's window (`login:user:<name>`, `login:addr:<ip>`).
+    pub fn rate(&self, what: &str) -> String {
+        format!("{}rate:{what}", self.prefix)
+    }
     /// Stream: task state changes, capped.
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
@@ -100,6 +104,7 @@ mod tests {
             k.events(),
             k.leader("r"),
             k.suspended(),
+            k.rate("x"),
         ] {
             assert!(key.starts_with("berth:{p1}:"), "{key}");
         }

@@ -531,6 +531,38 @@ impl Queue {
         .join();
     }
 
+    /// A fixed-window rate limit: counts one hit on `what` if `count` is true, and says
+    /// whether the window is already over `limit` (then: how long until it ends). Counting and
+    /// checking are one atomic step, so concurrent API replicas share the limit.
+    pub async fn rate_limit(
+        &self,
+        what: &str,
+        limit: u32,
+        window: Duration,
+        count: bool,
+    ) -> Result<Option<Duration>, QueueError> {
+        let r: (i64, i64) = redis::Script::new(
+            "local n
+             if ARGV[3] == '1' then
+               n = redis.call('INCR', KEYS[1])
+               if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+             else
+               n = tonumber(redis.call('GET', KEYS[1]) or '0')
+             end
+             local ttl = redis.call('PTTL', KEYS[1])
+             if ttl < 0 and n > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) ttl = tonumber(ARGV[2]) end
+             return { n, ttl }",
+        )
+        .key(self.keys.rate(what))
+        .arg(limit)
+        .arg(ms(window).max(1))
+        .arg(if count { "1" } else { "0" })
+        .invoke_async(&mut self.conn.clone())
+        .await?;
+        let (n, ttl) = r;
+        Ok((n > i64::from(limit)).then(|| Duration::from_millis(ttl.max(1) as u64)))
+    }
+
     /// Deletes every key of this partition. For tests and `berth dev`'s fresh start only.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
