@@ -240,7 +240,14 @@ async fn run_executor(
         config.executor.reconcile_interval,
         shutdown_future(stop_rx),
     ));
+    let volumes = tokio::spawn(berth_workers::volumes::run(
+        pool.clone(),
+        cluster.clone(),
+        config.executor.reconcile_interval,
+        shutdown_future(stop_rx),
+    ));
     berth_workers::executor::run(config.executor.clone(), pool, queue, cluster, name, shutdown_future(stop_rx)).await?;
+    let _ = volumes.await;
     let _ = publisher.await;
     let _ = reconciler.await;
     Ok(())

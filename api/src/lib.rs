@@ -7,6 +7,7 @@
 //! - [`tasks`]: `POST /v1/tasks`, `GET /v1/tasks`, `GET /v1/tasks/{id}`.
 //! - [`tenants`]: tenants and their quotas (platform admins).
 //! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
+//! - [`volumes`]: a tenant's persistent volumes.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`bootstrap`]: the platform admin (every start) and the dev accounts (`berth dev`).
 //!
@@ -21,6 +22,7 @@ pub mod rbac;
 pub mod tasks;
 pub mod tenants;
 pub mod users;
+pub mod volumes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,7 +62,14 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.api.body_limit_bytes;
     Router::new()
         .merge(health::router())
-        .nest("/v1", auth::router().merge(tasks::router()).merge(tenants::router()).merge(users::router()))
+        .nest(
+            "/v1",
+            auth::router()
+                .merge(tasks::router())
+                .merge(tenants::router())
+                .merge(users::router())
+                .merge(volumes::router()),
+        )
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), rbac::enforce))
         .fallback(|| async { ApiError::NotFound("Resource not found".into()) })

@@ -403,3 +403,59 @@ async fn one_address_cannot_spray_logins(pool: PgPool) {
     let s = a.router.clone().oneshot(from([127, 0, 0, 12], "another")).await.unwrap().status();
     assert_eq!(s, StatusCode::UNAUTHORIZED, "another address is not affected");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn volumes_are_the_tenants_own_and_tasks_mount_only_those(pool: PgPool) {
+    let a = api(pool).await;
+    let (alice, gina) = (token(&a, "alice", "alice-pw").await, token(&a, "gina", "gina-pw").await);
+    let body = json!({"name": "data", "size": "10Gi", "storage_class": "fast-ssd", "access_mode": "ReadWriteMany"});
+    let (s, v) = a.call("POST", "/v1/volumes", Some(&alice), Some(&body.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!((v["data"]["status"].clone(), v["data"]["pvc_name"].clone()), (json!("pending"), json!("data")));
+    let vol = v["data"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = a.call("POST", "/v1/volumes", Some(&alice), Some(&body.to_string())).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    for (bad, field) in [
+        (json!({"name": "Data", "size": "1Gi"}), "name"),
+        (json!({"name": "d", "size": "12x"}), "size"),
+        (json!({"name": "d", "size": "0"}), "size"),
+        (json!({"name": "d", "size": "1Gi", "access_mode": "Sometimes"}), "access_mode"),
+        (json!({"name": "d"}), "size"),
+    ] {
+        let (s, v) = a.call("POST", "/v1/volumes", Some(&alice), Some(&bad.to_string())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["details"].as_str().unwrap().starts_with(field), "{v}");
+    }
+    // Same name in another tenant is another volume; neither sees the other's.
+    let (s, _) = a.call("POST", "/v1/volumes", Some(&gina), Some(r#"{"name": "data", "size": "1Gi"}"#)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = a.call("GET", &format!("/v1/volumes/{vol}"), Some(&gina), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v) = a.call("GET", "/v1/volumes", Some(&alice), None).await;
+    assert_eq!(v["pagination"]["total"], 1);
+
+    let mut t = task("mounts");
+    t["volumes"] = json!([{"name": "data", "mount_path": "/data", "read_only": true}]);
+    let (s, v) = a.submit(&alice, t).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
+    let (n,): (i64,) =
+        sqlx::query_as("select count(*) from task_volumes where task_id = $1 and read_only and mount_path = '/data'")
+            .bind(id)
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    let mut t = task("mounts-missing");
+    t["volumes"] = json!([{"name": "elsewhere", "mount_path": "/x"}]);
+    let (s, v) = a.submit(&alice, t).await;
+    assert_eq!(
+        (s, v["details"].clone()),
+        (StatusCode::BAD_REQUEST, json!("volumes[0].name: volume \"elsewhere\" not found"))
+    );
+    let (s, _) = a.call("DELETE", &format!("/v1/volumes/{vol}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "mounted by a live task");
+    a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&alice), None).await;
+    let (s, _) = a.call("DELETE", &format!("/v1/volumes/{vol}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+}

@@ -55,6 +55,36 @@ impl JobRequest {
     }
 }
 
+/// A volume's claim, as the cluster should hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRequest {
+    pub namespace: String,
+    /// The PersistentVolumeClaim's name.
+    pub claim: String,
+    pub size: String,
+    pub storage_class: Option<String>,
+    pub access_mode: String,
+}
+
+/// A claim's phase, as Kubernetes reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumePhase {
+    Pending,
+    Bound,
+    Lost,
+}
+
+impl VolumePhase {
+    /// The seed's `volumes.status` value.
+    pub fn as_status(self) -> &'static str {
+        match self {
+            VolumePhase::Pending => "pending",
+            VolumePhase::Bound => "bound",
+            VolumePhase::Lost => "lost",
+        }
+    }
+}
+
 /// What happened to one attempt's Job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobPhase {
@@ -78,6 +108,8 @@ pub trait Cluster: Send + Sync + 'static {
     async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), ClusterError>;
     /// The stream of Job events. There is one: the executor takes it once.
     fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError>;
+    /// Creates the volume's claim if missing; returns its phase.
+    async fn ensure_volume(&self, volume: &VolumeRequest) -> Result<VolumePhase, ClusterError>;
     /// Every node with the capacity berth may use (`requested` is ignored: the ledger owns it).
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError>;
 }

@@ -6,6 +6,7 @@
 //! - [`executor`]: [`executor::run`], reading bindings from Redis, creating one Job per
 //!   attempt, recording each transition in PostgreSQL, retrying failures with backoff.
 //! - [`nodes`]: the node publisher, keeping the Redis ledger's capacity in step with the cluster.
+//! - [`volumes`]: the volume syncer: claims for new volumes, their phase into PostgreSQL.
 //! - [`reconciler`]: enqueues pending tasks that Redis does not know (PostgreSQL is the truth).
 //!
 //! Start at [`executor::run`].
@@ -15,6 +16,7 @@ pub mod executor;
 pub mod nodes;
 pub mod reconciler;
 pub mod sim;
+pub mod volumes;
 
-pub use cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest};
+pub use cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, VolumePhase, VolumeRequest};
 pub use sim::SimCluster;

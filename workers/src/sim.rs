@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest};
+use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, VolumePhase, VolumeRequest};
 
 pub struct SimCluster {
     nodes: Vec<NodeView>,
@@ -117,6 +117,11 @@ impl Cluster for SimCluster {
 
     fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError> {
         self.rx.lock().expect("sim rx lock").take().ok_or(ClusterError::EventsTaken)
+    }
+
+    /// The simulated provisioner binds every claim at once.
+    async fn ensure_volume(&self, _volume: &VolumeRequest) -> Result<VolumePhase, ClusterError> {
+        Ok(VolumePhase::Bound)
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {

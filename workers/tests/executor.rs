@@ -315,3 +315,20 @@ async fn the_reconciler_requeues_pending_tasks_that_redis_lost(pool: PgPool) {
         0
     );
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_volume_syncer_binds_pending_volumes_once(pool: PgPool) {
+    let f = fixture(pool).await;
+    sqlx::query(
+        "insert into volumes (tenant_id, user_id, name, size, pvc_name) values ($1, $2, 'data', '1Gi', 'data')",
+    )
+    .bind(f.tenant)
+    .bind(f.user)
+    .execute(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(berth_workers::volumes::sync_once(&f.pool, f.sim.as_ref()).await.unwrap(), 1);
+    assert_eq!(berth_workers::volumes::sync_once(&f.pool, f.sim.as_ref()).await.unwrap(), 0);
+    let (status,): (String,) = sqlx::query_as("select status from volumes").fetch_one(&f.pool).await.unwrap();
+    assert_eq!(status, "bound");
+}
