@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/auth/logout", Access::Read),
     ("GET", "/v1/me", Access::Read),
     ("POST", "/v1/tasks", Access::Write),
+    ("POST", "/v1/tasks:batch", Access::Write),
     ("GET", "/v1/tasks", Access::Read),
     ("GET", "/v1/tasks/{id}", Access::Read),
     ("DELETE", "/v1/tasks/{id}", Access::Write),

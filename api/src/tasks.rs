@@ -26,6 +26,7 @@ use crate::extract::{QueryCheck, ValidJson, path_id};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/tasks", get(list).post(create))
+        .route("/tasks:batch", axum::routing::post(create_batch))
         .route("/tasks/{id}", get(get_one).delete(delete))
         .route("/tasks/{id}/stop", axum::routing::post(stop))
         .route("/tasks/{id}/executions", get(executions))
@@ -370,28 +371,55 @@ async fn create(
     ValidJson(req): ValidJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let v = validate_task(req)?;
-    let id = Uuid::now_v7();
-    let mounts = v.req.volumes.clone().unwrap_or_default();
-    let mut tx = s.pool.begin().await?;
-    // Each mounted volume must be the caller's tenant's; another tenant's looks missing.
-    let mut volume_ids = Vec::with_capacity(mounts.len());
-    let mut missing = Vec::new();
-    for (i, m) in mounts.iter().enumerate() {
-        let found: Option<(Uuid,)> = sqlx::query_as("select id from volumes where tenant_id = $1 and name = $2")
-            .bind(caller.tenant_id)
-            .bind(&m.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match found {
-            Some((vid,)) => volume_ids.push(vid),
-            None => {
-                missing.push(FieldError::new(format!("volumes[{i}].name"), format!("volume {:?} not found", m.name)))
+    let task = admit(&s, &caller, vec![v], "").await?.remove(0);
+    Ok((StatusCode::CREATED, Json(json!({ "data": task, "message": "Task created successfully" }))))
+}
+
+/// Most tasks one batch may submit.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub tasks: Vec<CreateTaskRequest>,
+}
+
+/// `POST /v1/tasks:batch`: up to [`MAX_BATCH`] tasks, admitted all or none. Every invalid
+/// field of every task is reported (`tasks[3].priority`), and the quota is charged for the
+/// whole batch at once.
+async fn create_batch(
+    State(s): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<BatchRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if req.tasks.is_empty() || req.tasks.len() > MAX_BATCH {
+        return Err(ApiError::field("tasks", format!("must hold 1 to {MAX_BATCH} tasks")));
+    }
+    let mut valid = Vec::with_capacity(req.tasks.len());
+    let mut errs = Vec::new();
+    for (i, t) in req.tasks.into_iter().enumerate() {
+        match validate_task(t) {
+            Ok(v) => valid.push(v),
+            Err(ApiError::BadRequest { fields, .. }) => {
+                errs.extend(fields.into_iter().map(|f| FieldError::new(format!("tasks[{i}].{}", f.field), f.message)))
             }
+            Err(e) => return Err(e),
         }
     }
-    if !missing.is_empty() {
-        return Err(ApiError::invalid(missing));
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(errs));
     }
+    let n = valid.len();
+    let tasks = admit(&s, &caller, valid, "tasks").await?;
+    Ok((StatusCode::CREATED, Json(json!({ "data": tasks, "message": format!("{n} tasks created successfully") }))))
+}
+
+/// Admits validated tasks in one transaction: the caller must still be active, every mount
+/// must name a volume of the caller's tenant, and the quota must hold them all; then they are
+/// inserted and, after the commit, enqueued. `at` prefixes field paths (`tasks` for a batch).
+async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -> Result<Vec<Task>, ApiError> {
+    let path = |i: usize, rest: String| if at.is_empty() { rest } else { format!("{at}[{i}].{rest}") };
+    let mut tx = s.pool.begin().await?;
     // The caller and its tenant must still be active: a token outlives a suspension.
     let standing: Option<(String, String)> = sqlx::query_as(
         "select u.status, t.status from users u join tenants t on t.id = u.tenant_id where u.id = $1 and t.id = $2",
@@ -406,89 +434,129 @@ async fn create(
         Some((u, _)) if u != "active" => return Err(ApiError::Suspended(format!("your account is {u}"))),
         Some(_) => {}
     }
-    let charge = v.requests.with_defaults();
-    charge_quota(&mut tx, caller.tenant_id, &charge).await?;
-    let volumes_json = json!(
-        mounts
-            .iter()
-            .map(|m| json!({ "name": m.name, "mount_path": m.mount_path, "read_only": m.read_only.unwrap_or(false) }))
-            .collect::<Vec<_>>()
-    );
-    let r = &v.req;
-    let task: Task = sqlx::query_as(AssertSqlSafe(format!(
-        "insert into tasks (id, tenant_id, user_id, name, description, image, command, args, env_vars,
-            resource_requests, resource_limits, volumes, labels, node_selector, tolerations, priority,
-            max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name,
-            quota_charged, quota_cpu, quota_memory, quota_gpu)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, 'pending', $18, $19,
-            true, $20, $21, $22)
-         returning {TASK_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(caller.tenant_id)
-    .bind(caller.user_id)
-    .bind(&r.name)
-    .bind(&r.description)
-    .bind(&r.image)
-    .bind(r.command.clone().unwrap_or_default())
-    .bind(r.args.clone().unwrap_or_default())
-    .bind(json!(r.env_vars.clone().unwrap_or_default()))
-    .bind(&v.requests_json)
-    .bind(&v.limits_json)
-    .bind(&volumes_json)
-    .bind(json!(r.labels.clone().unwrap_or_default()))
-    .bind(json!(r.node_selector.clone().unwrap_or_default()))
-    .bind(json!(r.tolerations.clone().unwrap_or_default()))
-    .bind(v.priority)
-    .bind(v.max_retry_count)
-    .bind(format!("tenant-{}", caller.tenant))
-    .bind(format!("task-{id}-0"))
-    .bind(charge.cpu_millis as i64)
-    .bind(charge.memory_bytes as i64)
-    .bind(charge.gpu as i64)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| match &e {
-        // The user was deleted while its token lived: the token no longer names anyone.
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-            ApiError::Unauthorized("the token's user no longer exists".into())
+    // Each mounted volume must be the caller's tenant's; another tenant's looks missing.
+    let names: Vec<String> = tasks
+        .iter()
+        .flat_map(|t| t.req.volumes.iter().flatten().map(|m| m.name.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let found: BTreeMap<String, Uuid> = if names.is_empty() {
+        BTreeMap::new()
+    } else {
+        sqlx::query_as::<_, (String, Uuid)>("select name, id from volumes where tenant_id = $1 and name = any($2)")
+            .bind(caller.tenant_id)
+            .bind(&names)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut missing = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        for (j, m) in t.req.volumes.iter().flatten().enumerate() {
+            if !found.contains_key(&m.name) {
+                missing.push(FieldError::new(
+                    path(i, format!("volumes[{j}].name")),
+                    format!("volume {:?} not found", m.name),
+                ));
+            }
         }
-        _ => ApiError::Database(e),
-    })?;
-    for (m, vid) in mounts.iter().zip(&volume_ids) {
-        sqlx::query("insert into task_volumes (task_id, volume_id, mount_path, read_only) values ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(vid)
-            .bind(&m.mount_path)
-            .bind(m.read_only.unwrap_or(false))
-            .execute(&mut *tx)
-            .await?;
+    }
+    if !missing.is_empty() {
+        return Err(ApiError::invalid(missing));
+    }
+    let total = tasks.iter().fold(Resources::ZERO, |a, t| a.saturating_add(&t.requests.with_defaults()));
+    charge_quota(&mut tx, caller.tenant_id, &total, tasks.len() as i64).await?;
+
+    let mut admitted = Vec::with_capacity(tasks.len());
+    for v in &tasks {
+        let id = Uuid::now_v7();
+        let charge = v.requests.with_defaults();
+        let mounts = v.req.volumes.clone().unwrap_or_default();
+        let volumes_json = json!(
+            mounts
+                .iter()
+                .map(
+                    |m| json!({ "name": m.name, "mount_path": m.mount_path, "read_only": m.read_only.unwrap_or(false) })
+                )
+                .collect::<Vec<_>>()
+        );
+        let r = &v.req;
+        let task: Task = sqlx::query_as(AssertSqlSafe(format!(
+            "insert into tasks (id, tenant_id, user_id, name, description, image, command, args, env_vars,
+                resource_requests, resource_limits, volumes, labels, node_selector, tolerations, priority,
+                max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name,
+                quota_charged, quota_cpu, quota_memory, quota_gpu)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, 'pending', $18, $19,
+                true, $20, $21, $22)
+             returning {TASK_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(caller.tenant_id)
+        .bind(caller.user_id)
+        .bind(&r.name)
+        .bind(&r.description)
+        .bind(&r.image)
+        .bind(r.command.clone().unwrap_or_default())
+        .bind(r.args.clone().unwrap_or_default())
+        .bind(json!(r.env_vars.clone().unwrap_or_default()))
+        .bind(&v.requests_json)
+        .bind(&v.limits_json)
+        .bind(&volumes_json)
+        .bind(json!(r.labels.clone().unwrap_or_default()))
+        .bind(json!(r.node_selector.clone().unwrap_or_default()))
+        .bind(json!(r.tolerations.clone().unwrap_or_default()))
+        .bind(v.priority)
+        .bind(v.max_retry_count)
+        .bind(format!("tenant-{}", caller.tenant))
+        .bind(format!("task-{id}-0"))
+        .bind(charge.cpu_millis as i64)
+        .bind(charge.memory_bytes as i64)
+        .bind(charge.gpu as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        for m in &mounts {
+            sqlx::query("insert into task_volumes (task_id, volume_id, mount_path, read_only) values ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(found[&m.name])
+                .bind(&m.mount_path)
+                .bind(m.read_only.unwrap_or(false))
+                .execute(&mut *tx)
+                .await?;
+        }
+        admitted.push(task);
     }
     tx.commit().await?;
 
-    let spec = SchedulingSpec {
-        task_id: id,
-        tenant: caller.tenant.clone(),
-        requests: v.requests,
-        priority: v.priority as u8,
-        node_selector: r.node_selector.clone().unwrap_or_default(),
-        tolerations: r.tolerations.clone().unwrap_or_default(),
-        attempt: 0,
-        seq: 0,
-    };
-    if let Err(e) = s.queue.enqueue(&spec, std::time::Duration::ZERO).await {
-        tracing::error!(task = %id, error = %e, "enqueue failed; the reconciler will enqueue the task");
+    let specs: Vec<SchedulingSpec> = tasks
+        .iter()
+        .zip(&admitted)
+        .map(|(v, t)| SchedulingSpec {
+            task_id: t.id,
+            tenant: caller.tenant.clone(),
+            requests: v.requests,
+            priority: v.priority as u8,
+            node_selector: v.req.node_selector.clone().unwrap_or_default(),
+            tolerations: v.req.tolerations.clone().unwrap_or_default(),
+            attempt: 0,
+            seq: 0,
+        })
+        .collect();
+    if let Err(e) = s.queue.enqueue_many(&specs).await {
+        tracing::error!(tasks = specs.len(), error = %e, "enqueue failed; the reconciler will enqueue the tasks");
     }
-    tracing::info!(task = %id, tenant = %caller.tenant, "task admitted");
-    Ok((StatusCode::CREATED, Json(json!({ "data": task, "message": "Task created successfully" }))))
+    tracing::info!(tasks = specs.len(), tenant = %caller.tenant, "tasks admitted");
+    Ok(admitted)
 }
 
-/// Charges one task to its tenant's quota: one conditional update per kind, in the
-/// admission transaction, so concurrent admissions across API replicas never exceed a limit.
-/// Unlimited kinds are charged too, so that a limit set later starts from the true usage.
-async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources) -> Result<(), ApiError> {
+/// Charges `count` tasks holding `r` in all to their tenant's quota: one conditional update
+/// over the kinds, in the admission transaction, so concurrent admissions across API replicas
+/// never exceed a limit. Unlimited kinds are charged too, so that a limit set later starts
+/// from the true usage.
+async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources, count: i64) -> Result<(), ApiError> {
     let amounts: [(&str, i64); 4] =
-        [("cpu", r.cpu_millis as i64), ("memory", r.memory_bytes as i64), ("gpu", r.gpu as i64), ("tasks", 1)];
+        [("cpu", r.cpu_millis as i64), ("memory", r.memory_bytes as i64), ("gpu", r.gpu as i64), ("tasks", count)];
     let charged: Vec<(String,)> = sqlx::query_as(
         "update resource_quotas q set used_amount = coalesce(q.used_amount, 0) + r.amount, updated_at = now()
          from (select unnest($2::text[]) as kind, unnest($3::bigint[]) as amount) r

@@ -459,3 +459,43 @@ async fn volumes_are_the_tenants_own_and_tasks_mount_only_those(pool: PgPool) {
     let (s, _) = a.call("DELETE", &format!("/v1/volumes/{vol}"), Some(&alice), None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_is_admitted_all_or_nothing(pool: PgPool) {
+    let a = api(pool).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let batch = |n: usize| json!({"tasks": (0..n).map(|i| task(&format!("b-{i}"))).collect::<Vec<_>>()}).to_string();
+    let (s, v) = a.call("POST", "/v1/tasks:batch", Some(&alice), Some(&batch(3))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    for t in v["data"].as_array().unwrap() {
+        let id: Uuid = t["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(a.queue.task_state(id).await.unwrap().unwrap().state, "ready");
+    }
+    // One bad task refuses the batch, naming it.
+    let mut bad: Value = serde_json::from_str(&batch(3)).unwrap();
+    bad["tasks"][1]["priority"] = json!(500);
+    bad["tasks"][2]["resource_requests"]["cpu"] = json!("12x");
+    let (s, v) = a.call("POST", "/v1/tasks:batch", Some(&alice), Some(&bad.to_string())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        v["details"],
+        "tasks[1].priority: must be between 0 and 100; tasks[2].resource_requests.cpu: invalid quantity \"12x\": unknown suffix (expected one of n u m k M G T P E Ki Mi Gi Ti Pi Ei or an exponent)"
+    );
+    // A batch the quota cannot hold whole is refused whole.
+    set_quota(&a, "acme", json!({"tasks": 5})).await;
+    let (s, v) = a.call("POST", "/v1/tasks:batch", Some(&alice), Some(&batch(3))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["details"]["requested"]["tasks"], 3);
+    assert_eq!(v["details"]["available"]["tasks"], 2);
+    assert_eq!(a.task_count().await, 3);
+    // (Minimal tasks, so that 1,001 of them stay under the fixture's body limit.)
+    let small = |n: usize| {
+        json!({"tasks": vec![json!({"name": "s", "image": "busybox", "resource_requests": {}}); n]}).to_string()
+    };
+    for n in [0, 1001] {
+        let (s, v) = a.call("POST", "/v1/tasks:batch", Some(&alice), Some(&small(n))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{n}: {v}");
+    }
+    assert_eq!(a.task_count().await, 3);
+}

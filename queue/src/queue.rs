@@ -168,6 +168,42 @@ impl Queue {
         Ok((seq > 0).then_some(seq))
     }
 
+    /// [`Queue::enqueue`] for many tasks, ready now, in one pipelined round trip.
+    pub async fn enqueue_many(&self, specs: &[SchedulingSpec]) -> Result<(), QueueError> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        // EVALSHA in a pipeline needs the script loaded first.
+        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPTS.enqueue_source).query_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for spec in specs {
+            let r = spec.reservation();
+            let body = serde_json::to_string(spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            pipe.cmd("EVALSHA")
+                .arg(SCRIPTS.enqueue.get_hash())
+                .arg(5)
+                .arg(k.task(spec.task_id))
+                .arg(k.seq())
+                .arg(k.ready(&spec.tenant))
+                .arg(k.tenants())
+                .arg(k.delayed())
+                .arg(spec.task_id.to_string())
+                .arg(body)
+                .arg(&spec.tenant)
+                .arg(spec.priority.min(100))
+                .arg(r.cpu_millis)
+                .arg(r.memory_bytes)
+                .arg(r.gpu)
+                .arg(0)
+                .arg(spec.attempt)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Promotes due work, then leases up to `batch` ready tasks to `owner` for `lease`.
     pub async fn claim(&self, owner: &str, batch: u32, lease: Duration) -> Result<Vec<ClaimedTask>, QueueError> {
         let k = &self.keys;
