@@ -8,6 +8,7 @@
 //! - [`tenants`]: tenants and their quotas (platform admins).
 //! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
 //! - [`volumes`]: a tenant's persistent volumes.
+//! - [`events`]: `GET /v1/events`, Server-Sent Events of the tenant's task changes.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`bootstrap`]: the platform admin (every start) and the dev accounts (`berth dev`).
 //!
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod rbac;
@@ -46,12 +48,14 @@ pub struct AppState {
     pub queue: Queue,
     pub auth: Arc<auth::AuthKeys>,
     pub config: Arc<Config>,
+    /// The process's one follower of the Redis event stream, shared by SSE clients.
+    pub fanout: Arc<events::Fanout>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config) -> Result<AppState, jsonwebtoken::errors::Error> {
         let auth = Arc::new(auth::AuthKeys::new(&config.auth)?);
-        Ok(AppState { pool, queue, auth, config: Arc::new(config) })
+        Ok(AppState { pool, queue, auth, config: Arc::new(config), fanout: Arc::default() })
     }
 }
 
@@ -68,7 +72,8 @@ pub fn router(state: AppState) -> Router {
                 .merge(tasks::router())
                 .merge(tenants::router())
                 .merge(users::router())
-                .merge(volumes::router()),
+                .merge(volumes::router())
+                .merge(events::router()),
         )
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), rbac::enforce))

@@ -48,7 +48,11 @@ async fn every_route_allows_exactly_the_roles_its_level_names(pool: PgPool) {
         let uri = path.replace("{id}", &Uuid::new_v4().to_string());
         for (who, tok, level) in &callers {
             let body = matches!(*method, "POST" | "PUT" | "PATCH").then_some("{}");
-            let (status, v) = a.call(method, &uri, tok.as_deref(), body).await;
+            let (status, v) = if *path == "/v1/events" {
+                (a.status_of(method, &uri, tok.as_deref()).await, Value::Null)
+            } else {
+                a.call(method, &uri, tok.as_deref(), body).await
+            };
             let allowed = level >= required;
             if allowed {
                 assert!(
@@ -498,4 +502,70 @@ async fn a_batch_is_admitted_all_or_nothing(pool: PgPool) {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{n}: {v}");
     }
     assert_eq!(a.task_count().await, 3);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_event_stream_carries_only_the_callers_tenant_and_resumes_after_last_event_id(pool: PgPool) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let a = api(pool).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let (acme,): (Uuid,) =
+        sqlx::query_as("select id from tenants where name = 'acme'").fetch_one(&a.pool).await.unwrap();
+    let (globex,): (Uuid,) =
+        sqlx::query_as("select id from tenants where name = 'globex'").fetch_one(&a.pool).await.unwrap();
+    let open = |last: Option<String>| {
+        let mut req = axum::http::Request::get("/v1/events").header("authorization", format!("Bearer {alice}"));
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        a.router.clone().oneshot(req.body(axum::body::Body::empty()).unwrap())
+    };
+    let resp = open(None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let publish = |tenant: Uuid, status: berth_core::TaskStatus| {
+        let q = a.queue.clone();
+        async move {
+            let e = berth_queue::TaskEvent {
+                task_id: Uuid::new_v4(),
+                tenant_id: tenant,
+                status,
+                attempt: 0,
+                node: None,
+                message: None,
+            };
+            q.publish_event(&e).await.unwrap();
+        }
+    };
+    publish(globex, berth_core::TaskStatus::Running).await;
+    publish(acme, berth_core::TaskStatus::Succeeded).await;
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame =
+            tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.expect("an event within 5s");
+        if let Some(Ok(f)) = frame
+            && let Some(d) = f.data_ref()
+        {
+            text.push_str(&String::from_utf8_lossy(d));
+        }
+    }
+    assert!(text.contains("event: task"), "{text}");
+    assert!(text.contains("\"succeeded\"") && !text.contains("\"running\""), "only acme's event: {text}");
+    let id = text.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().to_owned();
+    // Reconnecting after that id replays what came later, and nothing before it.
+    publish(acme, berth_core::TaskStatus::Failed).await;
+    let mut body = open(Some(id)).await.unwrap().into_body();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame =
+            tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.expect("a replayed event");
+        if let Some(Ok(f)) = frame
+            && let Some(d) = f.data_ref()
+        {
+            text.push_str(&String::from_utf8_lossy(d));
+        }
+    }
+    assert!(text.contains("\"failed\"") && !text.contains("\"succeeded\""), "{text}");
 }

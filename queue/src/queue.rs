@@ -599,6 +599,56 @@ impl Queue {
         Ok((n > i64::from(limit)).then(|| Duration::from_millis(ttl.max(1) as u64)))
     }
 
+    /// Events after stream id `after` (`"$"`: only new ones), waiting up to `block` when
+    /// there are none; use on a [`Queue::dedicated`] handle. Each is (stream id, tenant id,
+    /// event JSON).
+    pub async fn read_events(
+        &self,
+        after: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(String, String, String)>, QueueError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(ms(block))
+            .arg("STREAMS")
+            .arg(self.keys.events())
+            .arg(after)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(event_entry).collect()).unwrap_or_default())
+    }
+
+    /// The id of the newest event, or `"0-0"` for an empty stream: where a follower starts so
+    /// that nothing appended after this call is missed.
+    pub async fn last_event_id(&self) -> Result<String, QueueError> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.keys.events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.ids.into_iter().next().map_or_else(|| "0-0".to_string(), |e| e.id))
+    }
+
+    /// Events strictly after stream id `after`, oldest first, without waiting (catching up a
+    /// client that reconnects with Last-Event-ID).
+    pub async fn events_after(&self, after: &str, count: usize) -> Result<Vec<(String, String, String)>, QueueError> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.events())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.ids.into_iter().map(event_entry).collect())
+    }
+
     /// Deletes every key of this partition. For tests and `berth dev`'s fresh start only.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
@@ -624,6 +674,12 @@ impl Queue {
             cursor = next;
         }
     }
+}
+
+fn event_entry(e: StreamId) -> (String, String, String) {
+    let tenant = e.get::<String>("tenant").unwrap_or_default();
+    let body = e.get::<String>("event").unwrap_or_default();
+    (e.id, tenant, body)
 }
 
 fn parse_binding(e: &StreamId) -> Result<Binding, QueueError> {

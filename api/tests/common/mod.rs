@@ -67,6 +67,15 @@ impl Api {
         (status, v)
     }
 
+    /// Only the status: for streaming routes (SSE), whose body never ends.
+    pub async fn status_of(&self, method: &str, uri: &str, token: Option<&str>) -> StatusCode {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        self.router.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap().status()
+    }
+
     pub async fn login(&self, user: &str) -> String {
         let (s, v) = self
             .call(
