@@ -218,6 +218,19 @@ async fn separate_roles_run_fifty_tasks_from_two_tenants_to_their_outcomes() {
         assert_eq!(ok_rows, attempts, "every attempt of {id} was recorded to its end");
     }
 
+    // The simulated container's output reached the task's log.
+    let v: Value = http
+        .get(d.url(&format!("/v1/tasks/{}/logs", submitted[0].0)))
+        .bearer_auth(&tokens[0])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lines = v["data"].as_array().unwrap();
+    assert!(lines.last().is_some_and(|l| l == "[berth-sim] exiting with code 0"), "{v}");
+
     // Another tenant's task is invisible; the list is the tenant's own 25.
     let r = http.get(d.url(&format!("/v1/tasks/{}", submitted[0].0))).bearer_auth(&tokens[1]).send().await.unwrap();
     assert_eq!(r.status(), 404);

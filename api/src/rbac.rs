@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/tasks/{id}", Access::Write),
     ("POST", "/v1/tasks/{id}/stop", Access::Write),
     ("GET", "/v1/tasks/{id}/executions", Access::Read),
+    ("GET", "/v1/tasks/{id}/logs", Access::Read),
     ("GET", "/v1/events", Access::Read),
     ("POST", "/v1/volumes", Access::Write),
     ("GET", "/v1/volumes", Access::Read),

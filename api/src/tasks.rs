@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/{id}", get(get_one).delete(delete))
         .route("/tasks/{id}/stop", axum::routing::post(stop))
         .route("/tasks/{id}/executions", get(executions))
+        .route("/tasks/{id}/logs", get(logs))
 }
 
 /// Retries of a failed attempt when the request names none (the seed's default).
@@ -654,6 +655,7 @@ async fn cancel(s: &AppState, caller: &Caller, id: Uuid) -> Result<bool, ApiErro
     if let Err(e) = s.queue.finish(id).await {
         tracing::warn!(task = %id, error = %e, "releasing a cancelled task in Redis failed; the executor will");
     }
+    let _ = s.queue.end_log(id).await;
     let event = berth_queue::TaskEvent {
         task_id: id,
         tenant_id: caller.tenant_id,
@@ -722,6 +724,88 @@ async fn executions(
     .fetch_all(&s.pool)
     .await?;
     Ok(Json(json!({ "data": rows })))
+}
+
+/// The seed's log parameters.
+#[derive(Debug, Default, Deserialize)]
+pub struct LogParams {
+    pub tail: Option<String>,
+    pub follow: Option<String>,
+}
+
+/// Most lines one tail returns (the log stream keeps about this many).
+const MAX_TAIL: i64 = 10_000;
+/// How long a follower waits for lines per read; between reads it checks the task ended.
+const FOLLOW_BLOCK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /v1/tasks/{id}/logs?tail=N&follow=bool`. Without `follow`: the seed's
+/// `{"data": [lines]}` of the last `tail` lines (default 100). With `follow=true`: the last
+/// `tail` lines, then new ones as they come, as a chunked `text/plain` stream (`curl -N`
+/// prints it) that ends when the task does. Lines come from the executor, which copies each
+/// attempt's container output into Redis (the same path for the simulated cluster and, later,
+/// Kubernetes pod logs).
+async fn logs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(p): Query<LogParams>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = path_id(&raw, "task")?;
+    let mut q = QueryCheck::default();
+    let tail = q
+        .parse("tail", p.tail.as_deref(), |v| match v.parse::<i64>() {
+            Ok(n) if (1..=MAX_TAIL).contains(&n) => Ok(n as usize),
+            _ => Err(format!("must be an integer between 1 and {MAX_TAIL}")),
+        })
+        .unwrap_or(100);
+    let follow = q
+        .parse("follow", p.follow.as_deref(), |v| match v {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err("must be true or false"),
+        })
+        .unwrap_or(false);
+    q.finish()?;
+    let found: Option<(String,)> = sqlx::query_as("select status from tasks where id = $1 and tenant_id = $2")
+        .bind(id)
+        .bind(caller.tenant_id)
+        .fetch_optional(&s.pool)
+        .await?;
+    let (status,) = found.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
+    let entries = s.queue.tail_log(id, tail + 1).await?;
+    let ended = entries.iter().any(|e| e.end) || status.parse::<TaskStatus>().is_ok_and(TaskStatus::is_terminal);
+    let last_id = entries.last().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
+    let mut lines: Vec<String> = entries.into_iter().filter_map(|e| e.line).collect();
+    if lines.len() > tail {
+        lines.drain(..lines.len() - tail);
+    }
+    if !follow {
+        return Ok(Json(json!({ "data": lines })).into_response());
+    }
+    let reader = s.queue.dedicated(FOLLOW_BLOCK).await?;
+    let first = futures::stream::iter(lines.into_iter().map(|l| Ok::<_, std::convert::Infallible>(format!("{l}\n"))));
+    let rest = futures::stream::unfold((reader, last_id, ended), move |(reader, after, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            match reader.follow_log(id, &after, FOLLOW_BLOCK).await {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => {
+                    let done = batch.iter().any(|e| e.end);
+                    let next = batch.last().map(|e| e.id.clone()).unwrap_or(after);
+                    let text: String = batch.into_iter().filter_map(|e| e.line).map(|l| format!("{l}\n")).collect();
+                    return Some((Ok(text), (reader, next, done)));
+                }
+                // The stream ends; the client may reconnect and tail again.
+                Err(_) => return None,
+            }
+        }
+    });
+    use futures::StreamExt;
+    let body = axum::body::Body::from_stream(first.chain(rest));
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// The seed's list parameters. Unknown parameters are ignored, as HTTP caches add their own.

@@ -569,3 +569,45 @@ async fn the_event_stream_carries_only_the_callers_tenant_and_resumes_after_last
     }
     assert!(text.contains("\"failed\"") && !text.contains("\"succeeded\""), "{text}");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn logs_tail_and_follow_until_the_task_ends(pool: PgPool) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let a = api(pool).await;
+    let (alice, gina) = (token(&a, "alice", "alice-pw").await, token(&a, "gina", "gina-pw").await);
+    let (_, v) = a.submit(&alice, task("chatty")).await;
+    let id: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
+    let lines: Vec<String> = (1..=5).map(|i| format!("line {i}")).collect();
+    a.queue.append_log(id, 0, &lines).await.unwrap();
+    let (s, v) = a.call("GET", &format!("/v1/tasks/{id}/logs?tail=2"), Some(&alice), None).await;
+    assert_eq!((s, v["data"].clone()), (StatusCode::OK, json!(["line 4", "line 5"])));
+    let (_, v) = a.call("GET", &format!("/v1/tasks/{id}/logs"), Some(&alice), None).await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 5);
+    for bad in ["tail=0", "tail=x", "follow=maybe"] {
+        let (s, _) = a.call("GET", &format!("/v1/tasks/{id}/logs?{bad}"), Some(&alice), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (s, _) = a.call("GET", &format!("/v1/tasks/{id}/logs"), Some(&gina), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Follow: the tail first, then new lines, and the stream ends with the task.
+    let req = axum::http::Request::get(format!("/v1/tasks/{id}/logs?tail=1&follow=true"))
+        .header("authorization", format!("Bearer {alice}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = a.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    let q = a.queue.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        q.append_log(id, 0, &["line 6".to_string()]).await.unwrap();
+        q.end_log(id).await.unwrap();
+    });
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stream ends");
+    let text = String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(text, "line 5\nline 6\n");
+    writer.await.unwrap();
+}

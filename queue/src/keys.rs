@@ -75,6 +75,10 @@ impl Keys {
     pub fn rate(&self, what: &str) -> String {
         format!("{}rate:{what}", self.prefix)
     }
+    /// Stream: one task's log lines (all attempts), capped; an `end` entry closes it.
+    pub fn logs(&self, task: Uuid) -> String {
+        format!("{}logs:{task}", self.prefix)
+    }
     /// Stream: task state changes, capped.
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
@@ -105,6 +109,7 @@ mod tests {
             k.leader("r"),
             k.suspended(),
             k.rate("x"),
+            k.logs(id),
         ] {
             assert!(key.starts_with("berth:{p1}:"), "{key}");
         }

@@ -67,6 +67,20 @@ impl TaskState {
     const FIELDS: [&'static str; 4] = ["state", "node", "reason", "attempt"];
 }
 
+/// Log lines kept per task (approximately): enough for any tail a user asks for.
+pub const LOG_MAXLEN: usize = 10_000;
+/// How long a task's log outlives its last line.
+pub const LOG_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One entry of a task's log stream: a line, or the end marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub id: String,
+    pub line: Option<String>,
+    pub attempt: Option<u32>,
+    pub end: bool,
+}
+
 /// A task state change, as published on the event stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEvent {
@@ -649,6 +663,82 @@ impl Queue {
         Ok(reply.ids.into_iter().map(event_entry).collect())
     }
 
+    /// Appends log lines of a task's attempt. The stream keeps the newest [`LOG_MAXLEN`]
+    /// lines (approximately) and lives [`LOG_TTL`] after its last write.
+    pub async fn append_log(&self, task: Uuid, attempt: u32, lines: &[String]) -> Result<(), QueueError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.logs(task);
+        let mut pipe = redis::pipe();
+        for line in lines {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(LOG_MAXLEN)
+                .arg("*")
+                .arg("attempt")
+                .arg(attempt)
+                .arg("line")
+                .arg(line)
+                .ignore();
+        }
+        pipe.cmd("EXPIRE").arg(&key).arg(LOG_TTL.as_secs()).ignore();
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Marks a task's log complete: followers stop after this entry.
+    pub async fn end_log(&self, task: Uuid) -> Result<(), QueueError> {
+        let key = self.keys.logs(task);
+        let _: () = redis::pipe()
+            .cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("end")
+            .arg(1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(LOG_TTL.as_secs())
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The last `n` entries of a task's log, oldest first.
+    pub async fn tail_log(&self, task: Uuid, n: usize) -> Result<Vec<LogEntry>, QueueError> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.keys.logs(task))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(n)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut v: Vec<LogEntry> = reply.ids.into_iter().map(log_entry).collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Log entries after stream id `after`, waiting up to `block`; use on a
+    /// [`Queue::dedicated`] handle.
+    pub async fn follow_log(&self, task: Uuid, after: &str, block: Duration) -> Result<Vec<LogEntry>, QueueError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(ms(block))
+            .arg("STREAMS")
+            .arg(self.keys.logs(task))
+            .arg(after)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(log_entry).collect()).unwrap_or_default())
+    }
+
     /// Deletes every key of this partition. For tests and `berth dev`'s fresh start only.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
@@ -673,6 +763,15 @@ impl Queue {
             }
             cursor = next;
         }
+    }
+}
+
+fn log_entry(e: StreamId) -> LogEntry {
+    LogEntry {
+        line: e.get::<String>("line"),
+        attempt: e.get::<String>("attempt").and_then(|a| a.parse().ok()),
+        end: e.map.contains_key("end"),
+        id: e.id,
     }
 }
 

@@ -88,9 +88,23 @@ impl VolumePhase {
 /// What happened to one attempt's Job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobPhase {
-    Running { node: String, at: DateTime<Utc> },
-    Succeeded { at: DateTime<Utc> },
-    Failed { exit_code: Option<i32>, reason: String, message: String, at: DateTime<Utc> },
+    Running {
+        node: String,
+        at: DateTime<Utc>,
+    },
+    Succeeded {
+        at: DateTime<Utc>,
+    },
+    Failed {
+        exit_code: Option<i32>,
+        reason: String,
+        message: String,
+        at: DateTime<Utc>,
+    },
+    /// Lines the attempt's container wrote, in order.
+    Output {
+        lines: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -365,6 +365,7 @@ impl Executor {
                 match r {
                     Some((tenant,)) => {
                         self.queue.finish(e.task_id).await?;
+                        self.queue.end_log(e.task_id).await?;
                         self.publish(e.task_id, tenant, TaskStatus::Succeeded, e.attempt, None, None).await;
                     }
                     // A repeat, or an old attempt's late word.
@@ -373,6 +374,9 @@ impl Executor {
             }
             JobPhase::Failed { exit_code, reason, message, at } => {
                 self.attempt_failed(e.task_id, e.attempt, *exit_code, reason, message, *at).await?;
+            }
+            JobPhase::Output { lines } => {
+                self.queue.append_log(e.task_id, e.attempt, lines).await?;
             }
         }
         Ok(())
@@ -448,6 +452,7 @@ impl Executor {
             sqlx::query(berth_core::store::RELEASE_QUOTA).bind(task_id).execute(&mut *tx).await?;
             tx.commit().await?;
             self.queue.finish(task_id).await?;
+            self.queue.end_log(task_id).await?;
             info!(task = %task_id, attempt, %error, "task failed");
             self.publish(task_id, tenant, TaskStatus::Failed, attempt, None, Some(error)).await;
         }

@@ -87,11 +87,27 @@ impl Cluster for SimCluster {
         };
         let (tx, start_delay) = (self.tx.clone(), self.start_delay);
         let (task_id, attempt, node, name) = (job.task_id, job.attempt, job.node.clone(), job.name.clone());
+        let command = job.command.iter().chain(&job.args).cloned().collect::<Vec<_>>().join(" ");
+        let image = job.image.clone();
         debug!(job = %name, %node, ?duration, exit_code, "sim job created");
         let handle = tokio::spawn(async move {
+            let output = |lines: Vec<String>| JobEvent { task_id, attempt, phase: JobPhase::Output { lines } };
             tokio::time::sleep(start_delay).await;
+            let started = format!("[berth-sim] attempt {attempt} started on {node}: {image} {command}");
             let _ = tx.send(JobEvent { task_id, attempt, phase: JobPhase::Running { node, at: Utc::now() } });
-            tokio::time::sleep(duration).await;
+            let _ = tx.send(output(vec![started]));
+            // A synthesized line per second of simulated work, as a real container would log.
+            let (mut left, mut second) = (duration, 0u64);
+            while left > Duration::ZERO {
+                let step = left.min(Duration::from_secs(1));
+                tokio::time::sleep(step).await;
+                left -= step;
+                second += 1;
+                if left > Duration::ZERO {
+                    let _ = tx.send(output(vec![format!("[berth-sim] working… {second}s of {:?}", duration)]));
+                }
+            }
+            let _ = tx.send(output(vec![format!("[berth-sim] exiting with code {exit_code}")]));
             let phase = if exit_code == 0 {
                 JobPhase::Succeeded { at: Utc::now() }
             } else {
@@ -166,8 +182,17 @@ mod tests {
         assert_eq!(sim.live_jobs(), 1);
         let t0 = tokio::time::Instant::now();
         assert!(matches!(rx.recv().await.unwrap().phase, JobPhase::Running { .. }));
-        let end = rx.recv().await.unwrap();
+        let mut lines = Vec::new();
+        let end = loop {
+            match rx.recv().await.unwrap() {
+                JobEvent { phase: JobPhase::Output { lines: l }, .. } => lines.extend(l),
+                other => break other,
+            }
+        };
         assert!(matches!(end.phase, JobPhase::Failed { exit_code: Some(3), .. }), "{end:?}");
+        assert_eq!(lines.len(), 3, "started, one progress line, exit: {lines:?}");
+        assert!(lines[0].contains("started on sim-1"), "{lines:?}");
+        assert_eq!(lines[2], "[berth-sim] exiting with code 3");
         assert!(t0.elapsed() >= Duration::from_secs(2));
     }
 

@@ -139,11 +139,18 @@ async fn a_binding_and_its_events_delivered_twice_make_one_job_one_execution_one
 
     let running = events.recv().await.unwrap();
     assert!(matches!(running.phase, JobPhase::Running { .. }));
+    // Output lines are copied to the task's log, in order, however often they arrive.
     f.executor.handle_event(&running).await.unwrap();
     f.executor.handle_event(&running).await.unwrap();
     assert_eq!(f.status(id).await, ("running".into(), 0, true, false));
 
-    let done = events.recv().await.unwrap();
+    let done = loop {
+        let e = events.recv().await.unwrap();
+        match e.phase {
+            JobPhase::Output { .. } => f.executor.handle_event(&e).await.unwrap(),
+            _ => break e,
+        }
+    };
     assert!(matches!(done.phase, JobPhase::Succeeded { .. }), "{done:?}");
     assert_eq!(f.reserved().await.cpu_millis, 2000);
     f.executor.handle_event(&done).await.unwrap();
@@ -152,6 +159,11 @@ async fn a_binding_and_its_events_delivered_twice_make_one_job_one_execution_one
     assert_eq!(f.executions(id).await, vec![(0, "succeeded".to_string())]);
     assert_eq!(f.reserved().await, Resources::ZERO);
     assert_eq!(f.queue.tenant_usage("acme").await.unwrap(), Resources::ZERO);
+    let log = f.queue.tail_log(id, 100).await.unwrap();
+    let lines: Vec<String> = log.iter().filter_map(|e| e.line.clone()).collect();
+    assert!(lines.first().is_some_and(|l| l.contains("started on sim-1")), "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "[berth-sim] exiting with code 0");
+    assert!(log.last().unwrap().end, "a finished task's log is closed");
 }
 
 #[sqlx::test(migrations = "../migrations")]
