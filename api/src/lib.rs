@@ -9,6 +9,7 @@
 //! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
 //! - [`volumes`]: a tenant's persistent volumes.
 //! - [`events`]: `GET /v1/events`, Server-Sent Events of the tenant's task changes.
+//! - [`metrics`]: `/metrics` for Prometheus, and the request counter every route passes.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`bootstrap`]: the platform admin (every start) and the dev accounts (`berth dev`).
 //!
@@ -20,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod rbac;
 pub mod tasks;
 pub mod tenants;
@@ -55,6 +57,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config) -> Result<AppState, jsonwebtoken::errors::Error> {
         let auth = Arc::new(auth::AuthKeys::new(&config.auth)?);
+        metrics::install();
         Ok(AppState { pool, queue, auth, config: Arc::new(config), fanout: Arc::default() })
     }
 }
@@ -66,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.api.body_limit_bytes;
     Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .nest(
             "/v1",
             auth::router()
@@ -77,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         )
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), rbac::enforce))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::NotFound("Resource not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

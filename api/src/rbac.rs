@@ -42,6 +42,8 @@ pub enum Access {
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Access::Public),
     ("GET", "/readyz", Access::Public),
+    // Like the health checks, for the scraper; keep it off the public network.
+    ("GET", "/metrics", Access::Public),
     ("POST", "/v1/auth/login", Access::Public),
     ("POST", "/v1/auth/refresh", Access::Public),
     ("POST", "/v1/auth/logout", Access::Read),

@@ -548,6 +548,7 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
         tracing::error!(tasks = specs.len(), error = %e, "enqueue failed; the reconciler will enqueue the tasks");
     }
     tracing::info!(tasks = specs.len(), tenant = %caller.tenant, "tasks admitted");
+    metrics::counter!("berth_tasks_admitted_total").increment(specs.len() as u64);
     Ok(admitted)
 }
 

@@ -345,6 +345,15 @@ async fn health_readiness_and_unknown_routes_answer_json(pool: PgPool) {
     assert_eq!(a.call("GET", "/healthz", None, None).await.0, StatusCode::OK);
     let (s, v) = a.call("GET", "/readyz", None, None).await;
     assert_eq!((s, v["postgres"].clone(), v["redis"].clone()), (StatusCode::OK, json!("ok"), json!("ok")));
+    let t = a.login("alice").await;
+    a.submit(&t, task("counted")).await;
+    let (s, v) = a.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v["raw"].as_str().unwrap_or_default();
+    assert!(text.contains(r#"berth_http_requests_total{method="POST",route="/v1/tasks",status="201"} 1"#), "{text}");
+    assert!(text.contains("berth_tasks_admitted_total 1"), "{text}");
+    assert!(text.contains(r#"berth_queue_ready_tasks{tenant="acme"} 1"#), "{text}");
+    assert!(text.contains("berth_http_request_duration_seconds_bucket"), "{text}");
     let (s, v) = a.call("GET", "/v1/nope", None, None).await;
     assert_eq!((s, v["error"].clone()), (StatusCode::NOT_FOUND, json!("Resource not found")));
     let (s, _) = a.call("DELETE", "/v1/auth/login", None, None).await;

@@ -445,6 +445,21 @@ impl Queue {
             .collect())
     }
 
+    /// Ready tasks per tenant with ready work.
+    pub async fn ready_depths(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let tenants: Vec<String> = redis::cmd("SMEMBERS").arg(self.keys.tenants()).query_async(&mut conn).await?;
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for t in &tenants {
+            pipe.cmd("ZCARD").arg(self.keys.ready(t));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(tenants.into_iter().zip(counts).collect())
+    }
+
     /// Creates the executors' consumer group if it does not exist yet.
     pub async fn ensure_binding_group(&self) -> Result<(), QueueError> {
         let r: Result<String, _> = redis::cmd("XGROUP")

@@ -131,6 +131,7 @@ impl Replica {
             let node = match &decision {
                 Decision::Unschedulable { reason, .. } => {
                     self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("berth_scheduler_unschedulable_total").increment(1);
                     debug!(task = %spec.task_id, %reason, "unschedulable");
                     self.queue.unlease(spec.task_id, &self.owner, self.config.unschedulable_backoff, reason).await?;
                     return Ok(());
@@ -140,6 +141,7 @@ impl Replica {
             match self.queue.reserve(spec, &self.owner, &node).await? {
                 ReserveOutcome::Bound => {
                     self.stats.bound.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("berth_scheduler_bound_total").increment(1);
                     if let Some(n) = self.snapshot.node_mut(&node) {
                         n.requested = n.requested.saturating_add(&spec.reservation());
                     }
@@ -148,10 +150,12 @@ impl Replica {
                 }
                 ReserveOutcome::LeaseLost => {
                     self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("berth_scheduler_lease_lost_total").increment(1);
                     return Ok(());
                 }
                 ReserveOutcome::NoRoom { allocatable, reserved } => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("berth_scheduler_conflicts_total").increment(1);
                     if let Some(n) = self.snapshot.node_mut(&node) {
                         n.allocatable = allocatable;
                         n.requested = reserved;
@@ -159,6 +163,7 @@ impl Replica {
                 }
                 ReserveOutcome::NodeUnavailable => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("berth_scheduler_conflicts_total").increment(1);
                     if let Some(n) = self.snapshot.node_mut(&node) {
                         n.schedulable = false;
                     }

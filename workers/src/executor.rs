@@ -521,6 +521,7 @@ impl Executor {
         node: Option<String>,
         message: Option<String>,
     ) {
+        metrics::counter!("berth_task_transitions_total", "status" => status.as_str()).increment(1);
         let ev = TaskEvent { task_id, tenant_id, status, attempt, node, message };
         if let Err(e) = self.queue.publish_event(&ev).await {
             warn!(error = %e, task = %task_id, "publishing task event failed");
