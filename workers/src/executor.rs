@@ -132,12 +132,14 @@ pub async fn run(
     let executor = Arc::new(Executor::new(config, pool, queue, cluster, consumer));
     let (stop_tx, stop_rx) = watch::channel(false);
     let bindings = tokio::spawn(executor.clone().binding_loop(stop_rx.clone()));
-    let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx));
+    let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx.clone()));
+    let cancels = tokio::spawn(executor.clone().cancel_loop(stop_rx));
     info!(consumer = %executor.consumer, "executor started");
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = bindings.await;
     let _ = outcomes.await;
+    let _ = cancels.await;
     info!(consumer = %executor.consumer, "executor stopped");
     Ok(())
 }
@@ -228,6 +230,47 @@ impl Executor {
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// Follows the task event stream for cancellations (the API cannot reach the cluster) and
+    /// deletes the cancelled attempt's Job. Every executor sees every cancellation; deleting a
+    /// Job that is not there is a no-op, so it does not matter which one owns it.
+    async fn cancel_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let reader = loop {
+            match self.queue.dedicated(READ_BLOCK).await {
+                Ok(q) => break q,
+                Err(e) => {
+                    warn!(error = %e, "executor cannot open its event connection");
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        };
+        let mut last = match reader.last_event_id().await {
+            Ok(id) => id,
+            Err(_) => "$".into(),
+        };
+        while !*stop.borrow() {
+            match reader.read_events(&last, 256, READ_BLOCK).await {
+                Ok(batch) => {
+                    for (id, _, body) in batch {
+                        last = id;
+                        let Ok(ev) = serde_json::from_str::<TaskEvent>(&body) else { continue };
+                        if ev.status == TaskStatus::Cancelled
+                            && let Err(e) = self.stop_if_cancelled(ev.task_id, ev.attempt).await
+                        {
+                            warn!(task = %ev.task_id, error = %e, "deleting a cancelled task's Job failed");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading task events failed");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
             }
         }
     }
@@ -493,8 +536,8 @@ impl Executor {
         Ok(())
     }
 
-    /// A Job that started for a task cancelled meanwhile is deleted: the API cannot reach the
-    /// cluster, so the executor does it when the Job speaks up.
+    /// Deletes the Job of a cancelled task's attempt: when the cancellation event arrives, or
+    /// when a Job of a task cancelled meanwhile starts.
     async fn stop_if_cancelled(&self, task_id: Uuid, attempt: u32) -> Result<(), ExecutorError> {
         let row: Option<(String, Option<String>)> =
             sqlx::query_as("select status, k8s_namespace from tasks where id = $1")

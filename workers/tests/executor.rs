@@ -344,3 +344,45 @@ async fn the_volume_syncer_binds_pending_volumes_once(pool: PgPool) {
     let (status,): (String,) = sqlx::query_as("select status from volumes").fetch_one(&f.pool).await.unwrap();
     assert_eq!(status, "bound");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_cancellation_event_deletes_the_running_job(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, b) = f.bound_task(0, "1h").await;
+    f.executor.handle_binding(&b).await.unwrap();
+    assert_eq!(f.sim.live_jobs(), 1);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(berth_workers::executor::run(
+        ExecutorConfig::default(),
+        f.pool.clone(),
+        f.queue.clone(),
+        f.sim.clone(),
+        "runner".into(),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What the API's stop does: PostgreSQL first, then the event.
+    sqlx::query("update tasks set status = 'cancelled', completed_at = now() where id = $1")
+        .bind(id)
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    let ev = berth_queue::TaskEvent {
+        task_id: id,
+        tenant_id: f.tenant,
+        status: berth_core::TaskStatus::Cancelled,
+        attempt: 0,
+        node: None,
+        message: None,
+    };
+    f.queue.publish_event(&ev).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while f.sim.live_jobs() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the cancelled task's Job still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    runner.await.unwrap().unwrap();
+}
