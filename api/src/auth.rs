@@ -127,6 +127,8 @@ pub struct Caller {
     pub role: String,
     /// An admin of the system tenant: administers the platform.
     pub platform_admin: bool,
+    /// When the access token expires (Unix seconds): streams end then.
+    pub expires_at: i64,
 }
 
 impl Caller {
@@ -145,7 +147,14 @@ impl Caller {
             .ok_or_else(|| ApiError::Unauthorized("expected 'Authorization: Bearer <token>'".into()))?;
         let c = state.auth.verify(token)?;
         let platform_admin = c.role == "admin" && c.tenant == state.config.bootstrap.system_tenant;
-        Ok(Caller { user_id: c.sub, tenant_id: c.tid, tenant: c.tenant, role: c.role, platform_admin })
+        Ok(Caller {
+            user_id: c.sub,
+            tenant_id: c.tid,
+            tenant: c.tenant,
+            role: c.role,
+            platform_admin,
+            expires_at: c.exp,
+        })
     }
 }
 
@@ -271,7 +280,8 @@ async fn login(
     }
     // Rate limits come before any password work, so refused attempts cost no argon2.
     let limits = &s.config.auth;
-    let user_key = format!("login:user:{}:{}", req.tenant_name.as_deref().unwrap_or(""), req.username.to_lowercase());
+    // One bucket per username, whichever tenant is named, so naming tenants buys no guesses.
+    let user_key = format!("login:user:{}", req.username.to_lowercase());
     let too_many = |retry_after| ApiError::TooManyRequests { what: "login attempts", retry_after };
     if let Some(addr) = addr
         && let Some(wait) = s
@@ -281,10 +291,9 @@ async fn login(
     {
         return Err(too_many(wait));
     }
-    if let Some(wait) = s
-        .queue
-        .rate_limit(&user_key, limits.login_failures_per_user.saturating_sub(1), limits.login_window, false)
-        .await?
+    // Counted before the password is checked, so simultaneous guesses cannot all slip under
+    // the limit; a success takes its count back, so only failures add up.
+    if let Some(wait) = s.queue.rate_limit(&user_key, limits.login_failures_per_user, limits.login_window, true).await?
     {
         return Err(too_many(wait));
     }
@@ -313,9 +322,9 @@ async fn login(
 
     let Some(user) = matched.map(|i| &candidates[i]).filter(|u| u.status == "active" && u.tenant_status == "active")
     else {
-        s.queue.rate_limit(&user_key, limits.login_failures_per_user, limits.login_window, true).await?;
         return Err(ApiError::Unauthorized("invalid username or password".into()));
     };
+    s.queue.rate_forgive(&user_key).await?;
 
     let mut tx = s.pool.begin().await?;
     let response = session(&s, &mut tx, user, Uuid::new_v4()).await?;

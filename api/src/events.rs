@@ -89,9 +89,12 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let tenant = caller.tenant_id.to_string();
     let live = s.fanout.subscribe(&s).await?;
+    // A stream id is exactly "<ms>-<seq>", both u64 (what Redis accepts); anything else is
+    // ignored, as a fresh subscription.
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| {
-        let (ms, _) = stream_id(v);
-        ms > 0 && v.chars().all(|c| c.is_ascii_digit() || c == '-')
+        v.split_once('-').is_some_and(|(ms, seq)| {
+            ms.parse::<u64>().is_ok_and(|m| m > 0 && m < u64::MAX) && seq.parse::<u64>().is_ok_and(|q| q < u64::MAX)
+        })
     });
     let replay: Vec<Entry> = match resume {
         Some(after) => s.queue.events_after(after, REPLAY_LIMIT).await?,
@@ -118,7 +121,12 @@ async fn events(
             }
         }
     });
-    Ok(Sse::new(replayed.chain(follow)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    // The stream ends when the token does; the client reconnects with a fresh one and its
+    // Last-Event-ID, and is authorised again.
+    let left = Duration::from_secs(u64::try_from(caller.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0));
+    let expiry = tokio::time::sleep(left);
+    Ok(Sse::new(replayed.chain(follow).take_until(expiry))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 fn event(e: &Entry) -> Event {

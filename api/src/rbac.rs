@@ -117,10 +117,33 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
-    let caller = match Caller::authenticate(&parts, &state) {
+    let mut caller = match Caller::authenticate(&parts, &state) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    // The token says who; PostgreSQL says what they may do now: a suspension or a demotion
+    // takes effect at once, not when the token expires. One primary-key read per request.
+    let current: Result<Option<(String, String, String)>, sqlx::Error> = sqlx::query_as(
+        "select u.role, u.status, t.status from users u join tenants t on t.id = u.tenant_id where u.id = $1 and t.id = $2",
+    )
+    .bind(caller.user_id)
+    .bind(caller.tenant_id)
+    .fetch_optional(&state.pool)
+    .await;
+    match current {
+        Err(e) => return ApiError::Database(e).into_response(),
+        Ok(None) => return ApiError::Unauthorized("the token's user no longer exists".into()).into_response(),
+        Ok(Some((_, _, tenant))) if tenant != "active" => {
+            return ApiError::Suspended(format!("tenant {} is {tenant}", caller.tenant)).into_response();
+        }
+        Ok(Some((_, user, _))) if user != "active" => {
+            return ApiError::Suspended(format!("your account is {user}")).into_response();
+        }
+        Ok(Some((role, _, _))) => {
+            caller.platform_admin = role == "admin" && caller.tenant == state.config.bootstrap.system_tenant;
+            caller.role = role;
+        }
+    }
     if caller.level() < access {
         return ApiError::Forbidden.into_response();
     }
@@ -139,6 +162,7 @@ mod tests {
             tenant: "t".into(),
             role: role.into(),
             platform_admin,
+            expires_at: i64::MAX,
         }
     }
 

@@ -423,7 +423,10 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
     let mut tx = s.pool.begin().await?;
     // The caller and its tenant must still be active: a token outlives a suspension.
     let standing: Option<(String, String)> = sqlx::query_as(
-        "select u.status, t.status from users u join tenants t on t.id = u.tenant_id where u.id = $1 and t.id = $2",
+        // FOR SHARE: a concurrent delete of the user or tenant waits for this admission (and
+        // then sees its live task) instead of cascading it away half-charged.
+        "select u.status, t.status from users u join tenants t on t.id = u.tenant_id where u.id = $1 and t.id = $2
+         for share of u, t",
     )
     .bind(caller.user_id)
     .bind(caller.tenant_id)
@@ -467,7 +470,17 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
     if !missing.is_empty() {
         return Err(ApiError::invalid(missing));
     }
-    let total = tasks.iter().fold(Resources::ZERO, |a, t| a.saturating_add(&t.requests.with_defaults()));
+    // Summed without wrapping: a batch asking for more than a bigint holds is refused, not
+    // turned negative (which would slip past the quota).
+    let sum = |f: fn(&Resources) -> u64| tasks.iter().map(|t| u128::from(f(&t.requests.with_defaults()))).sum::<u128>();
+    let (cpu, memory, gpu) = (sum(|r| r.cpu_millis), sum(|r| r.memory_bytes), sum(|r| r.gpu));
+    if [cpu, memory, gpu].iter().any(|v| *v > i64::MAX as u128) {
+        return Err(ApiError::field(
+            if at.is_empty() { "resource_requests" } else { at },
+            "the requests add up to more than berth can count",
+        ));
+    }
+    let total = Resources::new(cpu as u64, memory as u64, gpu as u64);
     charge_quota(&mut tx, caller.tenant_id, &total, tasks.len() as i64).await?;
 
     let mut admitted = Vec::with_capacity(tasks.len());
@@ -571,10 +584,13 @@ async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources, 
     .fetch_all(&mut *tx)
     .await?;
     let rows: Vec<(String, i64, Option<i64>)> =
-        sqlx::query_as("select resource_type, hard_limit, used_amount from resource_quotas where tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(&mut *tx)
-            .await?;
+        sqlx::query_as(
+            "select resource_type, hard_limit, used_amount from resource_quotas where tenant_id = $1 and resource_type = any($2)",
+        )
+        .bind(tenant)
+        .bind(amounts.iter().map(|a| a.0).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
     if charged.len() == rows.len() {
         return Ok(());
     }
@@ -621,12 +637,13 @@ async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<Stri
 /// queued attempt is withdrawn. A task already over is left as it is, so repeating is
 /// harmless. Returns whether the task was live.
 async fn cancel(s: &AppState, caller: &Caller, id: Uuid) -> Result<bool, ApiError> {
-    let task: Option<(Uuid,)> = sqlx::query_as("select user_id from tasks where id = $1 and tenant_id = $2")
-        .bind(id)
-        .bind(caller.tenant_id)
-        .fetch_optional(&s.pool)
-        .await?;
-    let (owner,) = task.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
+    let task: Option<(Uuid, Option<String>)> =
+        sqlx::query_as("select user_id, k8s_namespace from tasks where id = $1 and tenant_id = $2")
+            .bind(id)
+            .bind(caller.tenant_id)
+            .fetch_optional(&s.pool)
+            .await?;
+    let (owner, namespace) = task.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
     if !caller.may_manage_task(owner) {
         return Err(ApiError::Forbidden);
     }
@@ -664,6 +681,7 @@ async fn cancel(s: &AppState, caller: &Caller, id: Uuid) -> Result<bool, ApiErro
         attempt: attempt as u32,
         node: None,
         message: Some("cancelled by a user".into()),
+        namespace,
     };
     if let Err(e) = s.queue.publish_event(&event).await {
         tracing::warn!(task = %id, error = %e, "publishing the cancellation failed");
@@ -785,22 +803,37 @@ async fn logs(
         return Ok(Json(json!({ "data": lines })).into_response());
     }
     let reader = s.queue.dedicated(FOLLOW_BLOCK).await?;
+    let pool = s.pool.clone();
     let first = futures::stream::iter(lines.into_iter().map(|l| Ok::<_, std::convert::Infallible>(format!("{l}\n"))));
-    let rest = futures::stream::unfold((reader, last_id, ended), move |(reader, after, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            match reader.follow_log(id, &after, FOLLOW_BLOCK).await {
-                Ok(batch) if batch.is_empty() => continue,
-                Ok(batch) => {
-                    let done = batch.iter().any(|e| e.end);
-                    let next = batch.last().map(|e| e.id.clone()).unwrap_or(after);
-                    let text: String = batch.into_iter().filter_map(|e| e.line).map(|l| format!("{l}\n")).collect();
-                    return Some((Ok(text), (reader, next, done)));
+    let rest = futures::stream::unfold((reader, last_id, ended), move |(reader, after, ended)| {
+        let pool = pool.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            loop {
+                match reader.follow_log(id, &after, FOLLOW_BLOCK).await {
+                    // Quiet: still follow only while the task lives (its end marker may never come,
+                    // if the task was deleted or Redis lost it).
+                    Ok(batch) if batch.is_empty() => {
+                        let status: Option<(String,)> = sqlx::query_as("select status from tasks where id = $1")
+                            .bind(id)
+                            .fetch_optional(&pool)
+                            .await
+                            .ok()?;
+                        if status.is_none_or(|(st,)| st.parse::<TaskStatus>().is_ok_and(TaskStatus::is_terminal)) {
+                            return None;
+                        }
+                    }
+                    Ok(batch) => {
+                        let done = batch.iter().any(|e| e.end);
+                        let next = batch.last().map(|e| e.id.clone()).unwrap_or(after);
+                        let text: String = batch.into_iter().filter_map(|e| e.line).map(|l| format!("{l}\n")).collect();
+                        return Some((Ok(text), (reader, next, done)));
+                    }
+                    // The stream ends; the client may reconnect and tail again.
+                    Err(_) => return None,
                 }
-                // The stream ends; the client may reconnect and tail again.
-                Err(_) => return None,
             }
         }
     });

@@ -222,6 +222,8 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<Strin
         return Err(ApiError::Conflict("the system tenant cannot be deleted".into()));
     }
     let mut tx = s.pool.begin().await?;
+    // Locks the tenant against admissions in flight (they hold it FOR SHARE).
+    sqlx::query("select id from tenants where id = $1 for update").bind(id).execute(&mut *tx).await?;
     let (live,): (i64,) = sqlx::query_as(
         "select count(*) from tasks where tenant_id = $1 and status in ('pending', 'scheduled', 'running')",
     )

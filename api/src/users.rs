@@ -296,6 +296,8 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<Strin
         return Err(ApiError::Conflict("you cannot delete yourself".into()));
     }
     let mut tx = s.pool.begin().await?;
+    // Locks the user against admissions in flight (they hold it FOR SHARE).
+    sqlx::query("select id from users where id = $1 for update").bind(id).execute(&mut *tx).await?;
     let (live,): (i64,) = sqlx::query_as(
         "select count(*) from tasks where user_id = $1 and status in ('pending', 'scheduled', 'running')",
     )

@@ -534,6 +534,7 @@ async fn the_event_stream_carries_only_the_callers_tenant_and_resumes_after_last
                 attempt: 0,
                 node: None,
                 message: None,
+                namespace: None,
             };
             q.publish_event(&e).await.unwrap();
         }
@@ -610,4 +611,34 @@ async fn logs_tail_and_follow_until_the_task_ends(pool: PgPool) {
     let text = String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap();
     assert_eq!(text, "line 5\nline 6\n");
     writer.await.unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_demotion_or_suspension_takes_effect_on_tokens_already_issued(pool: PgPool) {
+    let a = api(pool).await;
+    with_roles(&a).await;
+    let ada = token(&a, "ada", "ada-pw").await;
+    let (s, _) = a.call("GET", "/v1/users", Some(&ada), None).await;
+    assert_eq!(s, StatusCode::OK);
+    sqlx::query("update users set role = 'viewer' where username = 'ada'").execute(&a.pool).await.unwrap();
+    let (s, _) = a.call("GET", "/v1/users", Some(&ada), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the token still says admin; the database does not");
+    sqlx::query("update users set status = 'suspended' where username = 'ada'").execute(&a.pool).await.unwrap();
+    let (s, _) = a.call("GET", "/v1/tasks", Some(&ada), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_whose_requests_overflow_is_refused_not_wrapped(pool: PgPool) {
+    let a = api(pool).await;
+    set_quota(&a, "acme", json!({"memory": "64Gi"})).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let mut t = task("huge");
+    t["resource_requests"]["memory"] = json!("5E");
+    t["resource_limits"] = json!({});
+    let (s, v) =
+        a.call("POST", "/v1/tasks:batch", Some(&alice), Some(&json!({"tasks": [t.clone(), t]}).to_string())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(a.task_count().await, 0);
+    assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0));
 }

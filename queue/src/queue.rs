@@ -92,6 +92,10 @@ pub struct TaskEvent {
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The task's namespace, on cancellations: the executor deletes the Job even when the
+    /// task's row is already gone (DELETE cancels, then removes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -752,6 +756,15 @@ impl Queue {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(log_entry).collect()).unwrap_or_default())
+    }
+
+    /// Takes back one hit of a rate limit (a login that succeeded).
+    pub async fn rate_forgive(&self, what: &str) -> Result<(), QueueError> {
+        let _: i64 = redis::Script::new("local n = tonumber(redis.call('GET', KEYS[1]) or '0') if n > 0 then return redis.call('DECR', KEYS[1]) end return 0")
+            .key(self.keys.rate(what))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// Deletes every key of this partition. For tests and `berth dev`'s fresh start only.

@@ -261,7 +261,7 @@ impl Executor {
                         last = id;
                         let Ok(ev) = serde_json::from_str::<TaskEvent>(&body) else { continue };
                         if ev.status == TaskStatus::Cancelled
-                            && let Err(e) = self.stop_if_cancelled(ev.task_id, ev.attempt).await
+                            && let Err(e) = self.delete_cancelled(&ev).await
                         {
                             warn!(task = %ev.task_id, error = %e, "deleting a cancelled task's Job failed");
                         }
@@ -536,8 +536,23 @@ impl Executor {
         Ok(())
     }
 
-    /// Deletes the Job of a cancelled task's attempt: when the cancellation event arrives, or
-    /// when a Job of a task cancelled meanwhile starts.
+    /// On a cancellation event: deletes the attempt's Job, unless the task is (again) live.
+    async fn delete_cancelled(&self, ev: &TaskEvent) -> Result<(), ExecutorError> {
+        let row: Option<(String,)> = sqlx::query_as("select status from tasks where id = $1")
+            .bind(ev.task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if row.is_some_and(|(s,)| s != TaskStatus::Cancelled.as_str()) {
+            return Ok(());
+        }
+        let name = JobRequest::job_name(ev.task_id, ev.attempt);
+        self.cluster.delete_job(ev.namespace.as_deref().unwrap_or_default(), &name).await?;
+        debug!(task = %ev.task_id, job = %name, "deleted the Job of a cancelled task");
+        Ok(())
+    }
+
+    /// Deletes the Job of a cancelled task's attempt when a Job of a task cancelled meanwhile
+    /// starts.
     async fn stop_if_cancelled(&self, task_id: Uuid, attempt: u32) -> Result<(), ExecutorError> {
         let row: Option<(String, Option<String>)> =
             sqlx::query_as("select status, k8s_namespace from tasks where id = $1")
@@ -565,7 +580,7 @@ impl Executor {
         message: Option<String>,
     ) {
         metrics::counter!("berth_task_transitions_total", "status" => status.as_str()).increment(1);
-        let ev = TaskEvent { task_id, tenant_id, status, attempt, node, message };
+        let ev = TaskEvent { task_id, tenant_id, status, attempt, node, message, namespace: None };
         if let Err(e) = self.queue.publish_event(&ev).await {
             warn!(error = %e, task = %task_id, "publishing task event failed");
         }

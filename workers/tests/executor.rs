@@ -376,7 +376,10 @@ async fn a_cancellation_event_deletes_the_running_job(pool: PgPool) {
         attempt: 0,
         node: None,
         message: None,
+        namespace: Some("tenant-acme".into()),
     };
+    // DELETE cancels and removes the row at once: the Job must go all the same.
+    sqlx::query("delete from tasks where id = $1").bind(id).execute(&f.pool).await.unwrap();
     f.queue.publish_event(&ev).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while f.sim.live_jobs() > 0 {
