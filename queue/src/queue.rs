@@ -159,15 +159,17 @@ impl Queue {
         Ok(())
     }
 
-    /// Queues a task (ready now, or after `delay`). Returns its sequence number, or `None`
-    /// if the task was already queued (enqueue is idempotent on the task id).
-    pub async fn enqueue(&self, spec: &SchedulingSpec, delay: Duration) -> Result<Option<u64>, QueueError> {
+    /// The enqueue script's invocation for one task.
+    fn enqueue_invocation(
+        &self,
+        spec: &SchedulingSpec,
+        delay: Duration,
+    ) -> Result<redis::ScriptInvocation<'static>, QueueError> {
         let k = &self.keys;
         let r = spec.reservation();
         let body = serde_json::to_string(spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let seq: u64 = SCRIPTS
-            .enqueue
-            .key(k.task(spec.task_id))
+        let mut inv = SCRIPTS.enqueue.prepare_invoke();
+        inv.key(k.task(spec.task_id))
             .key(k.seq())
             .key(k.ready(&spec.tenant))
             .key(k.tenants())
@@ -180,43 +182,28 @@ impl Queue {
             .arg(r.memory_bytes)
             .arg(r.gpu)
             .arg(ms(delay))
-            .arg(spec.attempt)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(spec.attempt);
+        Ok(inv)
+    }
+
+    /// Queues a task (ready now, or after `delay`). Returns its sequence number, or `None`
+    /// if the task was already queued (enqueue is idempotent on the task id).
+    pub async fn enqueue(&self, spec: &SchedulingSpec, delay: Duration) -> Result<Option<u64>, QueueError> {
+        let seq: u64 = self.enqueue_invocation(spec, delay)?.invoke_async(&mut self.conn.clone()).await?;
         Ok((seq > 0).then_some(seq))
     }
 
     /// [`Queue::enqueue`] for many tasks, ready now, in one pipelined round trip.
     pub async fn enqueue_many(&self, specs: &[SchedulingSpec]) -> Result<(), QueueError> {
-        if specs.is_empty() {
-            return Ok(());
-        }
-        let k = &self.keys;
+        let invocations =
+            specs.iter().map(|s| self.enqueue_invocation(s, Duration::ZERO)).collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = invocations.first() else { return Ok(()) };
         let mut conn = self.conn.clone();
         // EVALSHA in a pipeline needs the script loaded first.
-        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPTS.enqueue_source).query_async(&mut conn).await?;
+        first.load_async(&mut conn).await?;
         let mut pipe = redis::pipe();
-        for spec in specs {
-            let r = spec.reservation();
-            let body = serde_json::to_string(spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            pipe.cmd("EVALSHA")
-                .arg(SCRIPTS.enqueue.get_hash())
-                .arg(5)
-                .arg(k.task(spec.task_id))
-                .arg(k.seq())
-                .arg(k.ready(&spec.tenant))
-                .arg(k.tenants())
-                .arg(k.delayed())
-                .arg(spec.task_id.to_string())
-                .arg(body)
-                .arg(&spec.tenant)
-                .arg(spec.priority.min(100))
-                .arg(r.cpu_millis)
-                .arg(r.memory_bytes)
-                .arg(r.gpu)
-                .arg(0)
-                .arg(spec.attempt)
-                .ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv).ignore();
         }
         let _: () = pipe.query_async(&mut conn).await?;
         Ok(())

@@ -6,8 +6,6 @@ use redis::Script;
 
 pub struct Scripts {
     pub enqueue: Script,
-    /// The enqueue script's text, for loading it before a pipeline of EVALSHAs.
-    pub enqueue_source: &'static str,
     pub claim: Script,
     pub reserve: Script,
     pub unlease: Script,
@@ -17,7 +15,6 @@ pub struct Scripts {
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: Script::new(include_str!("scripts/enqueue.lua")),
-    enqueue_source: include_str!("scripts/enqueue.lua"),
     claim: Script::new(include_str!("scripts/claim.lua")),
     reserve: Script::new(include_str!("scripts/reserve.lua")),
     unlease: Script::new(include_str!("scripts/unlease.lua")),

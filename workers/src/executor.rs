@@ -156,19 +156,24 @@ impl Executor {
         Executor { pool, queue, cluster, config, consumer }
     }
 
-    async fn binding_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let reader = loop {
+    /// A connection of its own for a blocking reader, retried until it opens or `stop`.
+    async fn dedicated_connection(&self, stop: &mut watch::Receiver<bool>) -> Option<Queue> {
+        loop {
             match self.queue.dedicated(READ_BLOCK).await {
-                Ok(q) => break q,
+                Ok(q) => return Some(q),
                 Err(e) => {
-                    warn!(error = %e, "executor cannot open its binding connection");
+                    warn!(error = %e, "executor cannot open a Redis connection for reading");
                     tokio::select! {
-                        _ = stop.changed() => return,
+                        _ = stop.changed() => return None,
                         _ = tokio::time::sleep(ERROR_BACKOFF) => {}
                     }
                 }
             }
-        };
+        }
+    }
+
+    async fn binding_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(reader) = self.dedicated_connection(&mut stop).await else { return };
         let mut next_reclaim = tokio::time::Instant::now();
         // XAUTOCLAIM scans the pending list in pages; keep its cursor so a long list is
         // walked to the end rather than its first page re-read forever.
@@ -238,18 +243,7 @@ impl Executor {
     /// deletes the cancelled attempt's Job. Every executor sees every cancellation; deleting a
     /// Job that is not there is a no-op, so it does not matter which one owns it.
     async fn cancel_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let reader = loop {
-            match self.queue.dedicated(READ_BLOCK).await {
-                Ok(q) => break q,
-                Err(e) => {
-                    warn!(error = %e, "executor cannot open its event connection");
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        _ = tokio::time::sleep(ERROR_BACKOFF) => {}
-                    }
-                }
-            }
-        };
+        let Some(reader) = self.dedicated_connection(&mut stop).await else { return };
         let mut last = match reader.last_event_id().await {
             Ok(id) => id,
             Err(_) => "$".into(),
