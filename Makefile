@@ -6,7 +6,7 @@ CARGO ?= cargo
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export BERTH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: dev test services build lint fmt bench clean
+.PHONY: dev test services build lint fmt bench bench-admission clean
 
 ## Bring berth up on the simulated cluster (all roles in one process).
 dev: services
@@ -37,6 +37,10 @@ fmt:
 
 bench:
 	$(CARGO) bench -p berth-bench
+
+## The admission harness: POST /v1/tasks rate and latency, batch tasks/s (needs the services).
+bench-admission: services
+	$(CARGO) run --release -p berth-bench --bin admission
 
 clean:
 	$(CARGO) clean
