@@ -17,6 +17,11 @@ pub const RELEASE_QUOTA: &str = "with t as (
      r as (
         select tenant_id, v.kind, sum(v.amount) as amount
         from t cross join lateral (values ('cpu', t.quota_cpu), ('memory', t.quota_memory), ('gpu', t.quota_gpu), ('tasks', 1::bigint)) v(kind, amount)
-        group by tenant_id, v.kind)
+        group by tenant_id, v.kind),
+     -- Quota rows are locked in (tenant, kind) order, as admission locks them, so the two
+     -- never deadlock.
+     l as (
+        select q.id from resource_quotas q join r on q.tenant_id = r.tenant_id and q.resource_type = r.kind
+        order by q.tenant_id, q.resource_type for update of q)
      update resource_quotas q set used_amount = greatest(coalesce(q.used_amount, 0) - r.amount, 0), updated_at = now()
-     from r where q.tenant_id = r.tenant_id and q.resource_type = r.kind";
+     from r where q.tenant_id = r.tenant_id and q.resource_type = r.kind and q.id in (select id from l)";

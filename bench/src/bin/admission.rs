@@ -96,7 +96,18 @@ async fn run(
                 let r = http.post(format!("{url}/v1/tasks")).bearer_auth(token.as_str()).json(&task(i)).send().await;
                 match r {
                     Ok(r) if r.status() == 201 => lat.push(t0.elapsed()),
-                    _ => errors += 1,
+                    Ok(r) => {
+                        if errors == 0 {
+                            eprintln!("first error: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        }
+                        errors += 1
+                    }
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("first error: {e}");
+                        }
+                        errors += 1
+                    }
                 }
                 i += 1;
             }
