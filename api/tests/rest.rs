@@ -642,3 +642,29 @@ async fn a_batch_whose_requests_overflow_is_refused_not_wrapped(pool: PgPool) {
     assert_eq!(a.task_count().await, 0);
     assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0));
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_admissions_and_releases_never_deadlock(pool: PgPool) {
+    let a = std::sync::Arc::new(api(pool).await);
+    with_roles(&a).await;
+    set_quota(&a, "acme", json!({"cpu": "1000", "memory": "10Ti", "tasks": 10000})).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let ada = token(&a, "ada", "ada-pw").await;
+    // Admissions lock the tenant's quota rows; stops release them. Mixed, concurrently,
+    // they must all succeed: a lock-order deadlock shows up as a 500 here.
+    let mut handles = Vec::new();
+    for i in 0..60 {
+        let (a, alice, ada) = (a.clone(), alice.clone(), ada.clone());
+        handles.push(tokio::spawn(async move {
+            let (s, v) = a.submit(&alice, task(&format!("d-{i}"))).await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            let id = v["data"]["id"].as_str().unwrap().to_owned();
+            let (s, v) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&ada), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0));
+}
