@@ -146,7 +146,7 @@ impl Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("expected 'Authorization: Bearer <token>'".into()))?;
         let c = state.auth.verify(token)?;
-        let platform_admin = c.role == "admin" && c.tenant == state.config.bootstrap.system_tenant;
+        let platform_admin = is_platform_admin(&c.role, &c.tenant, state);
         Ok(Caller {
             user_id: c.sub,
             tenant_id: c.tid,
@@ -156,6 +156,11 @@ impl Caller {
             expires_at: c.exp,
         })
     }
+}
+
+/// Platform administration belongs to the admins of the system tenant (DESIGN.md §3).
+pub fn is_platform_admin(role: &str, tenant: &str, state: &AppState) -> bool {
+    role == "admin" && tenant == state.config.bootstrap.system_tenant
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -140,7 +140,7 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             return ApiError::Suspended(format!("your account is {user}")).into_response();
         }
         Ok(Some((role, _, _))) => {
-            caller.platform_admin = role == "admin" && caller.tenant == state.config.bootstrap.system_tenant;
+            caller.platform_admin = crate::auth::is_platform_admin(&role, &caller.tenant, &state);
             caller.role = role;
         }
     }

@@ -623,11 +623,7 @@ async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources, 
         return Ok(());
     }
     // Refused (the caller rolls back): the request and what is left, in the request's units.
-    let show = |kind: &str, v: i64| match kind {
-        "cpu" => json!(quantity::format_cpu_millis(v.max(0) as u64)),
-        "memory" => json!(quantity::format_bytes(v.max(0) as u64)),
-        _ => json!(v.max(0)),
-    };
+    let show = crate::tenants::show;
     let mut requested = serde_json::Map::new();
     let mut available = serde_json::Map::new();
     for (kind, amount) in amounts {

@@ -305,11 +305,12 @@ async fn write_limits(tx: &mut sqlx::PgConnection, tenant: Uuid, limits: &[(&str
     Ok(())
 }
 
-fn show(kind: &str, v: i64) -> Value {
+/// A quota amount in the units people write: a quantity for cpu and memory, a count else.
+pub(crate) fn show(kind: &str, v: i64) -> Value {
     match kind {
         "cpu" => json!(quantity::format_cpu_millis(v.max(0) as u64)),
         "memory" => json!(quantity::format_bytes(v.max(0) as u64)),
-        _ => json!(v),
+        _ => json!(v.max(0)),
     }
 }
 

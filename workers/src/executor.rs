@@ -10,7 +10,6 @@
 //! binding redelivered) or the reconciler's next pass brings Redis up to date
 //! ([`Executor::repair`]).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,13 +73,15 @@ struct TaskRow {
     current_retry_count: Option<i32>,
 }
 
-fn json_map(
+/// Decodes an optional JSON column of a task (labels, selectors, tolerations); absent or null
+/// is the empty value.
+pub(crate) fn stored<T: serde::de::DeserializeOwned + Default>(
     task: Uuid,
     field: &'static str,
     v: Option<serde_json::Value>,
-) -> Result<BTreeMap<String, String>, ExecutorError> {
+) -> Result<T, ExecutorError> {
     match v {
-        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
+        None | Some(serde_json::Value::Null) => Ok(T::default()),
         Some(v) => {
             serde_json::from_value(v).map_err(|e| ExecutorError::MalformedTask { task, field, message: e.to_string() })
         }
@@ -91,10 +92,7 @@ impl TaskRow {
     fn job(self, binding: &Binding) -> Result<JobRequest, ExecutorError> {
         let id = self.id;
         let malformed = |field, message: String| ExecutorError::MalformedTask { task: id, field, message };
-        let tolerations: Vec<Toleration> = match self.tolerations {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(v) => serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?,
-        };
+        let tolerations: Vec<Toleration> = stored(id, "tolerations", self.tolerations)?;
         Ok(JobRequest {
             name: JobRequest::job_name(id, binding.attempt),
             namespace: JobRequest::namespace_for(&self.tenant_name),
@@ -106,13 +104,13 @@ impl TaskRow {
             image: self.image,
             command: self.command.unwrap_or_default(),
             args: self.args.unwrap_or_default(),
-            env: json_map(id, "env_vars", self.env_vars)?,
-            labels: json_map(id, "labels", self.labels)?,
+            env: stored(id, "env_vars", self.env_vars)?,
+            labels: stored(id, "labels", self.labels)?,
             requests: Resources::from_requirements_json(&self.resource_requests)
                 .map_err(|e| malformed("resource_requests", e))?,
             limits: Resources::from_requirements_json(&self.resource_limits)
                 .map_err(|e| malformed("resource_limits", e))?,
-            node_selector: json_map(id, "node_selector", self.node_selector)?,
+            node_selector: stored(id, "node_selector", self.node_selector)?,
             tolerations,
         })
     }

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::executor::ExecutorError;
+use crate::executor::{ExecutorError, stored};
 
 /// Pending tasks read (and looked up in Redis, in one pipeline) per page.
 const PAGE: i64 = 1000;
@@ -42,14 +42,8 @@ fn spec_of(r: PendingRow) -> Result<(SchedulingSpec, Option<DateTime<Utc>>), Exe
     let malformed = |field, message: String| ExecutorError::MalformedTask { task: r.id, field, message };
     let requests =
         Resources::from_requirements_json(&r.resource_requests).map_err(|e| malformed("resource_requests", e))?;
-    let node_selector = match r.node_selector.clone() {
-        None | Some(serde_json::Value::Null) => Default::default(),
-        Some(v) => serde_json::from_value(v).map_err(|e| malformed("node_selector", e.to_string()))?,
-    };
-    let tolerations: Vec<Toleration> = match r.tolerations.clone() {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(v) => serde_json::from_value(v).map_err(|e| malformed("tolerations", e.to_string()))?,
-    };
+    let node_selector = stored(r.id, "node_selector", r.node_selector.clone())?;
+    let tolerations: Vec<Toleration> = stored(r.id, "tolerations", r.tolerations.clone())?;
     let spec = SchedulingSpec {
         task_id: r.id,
         tenant: r.tenant_name,
