@@ -40,6 +40,8 @@ enum Role {
     Migrate,
     /// Check a configuration file and print the effective configuration.
     CheckConfig,
+    /// Print the API's OpenAPI document (the same as `GET /openapi.json`).
+    Openapi,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -58,6 +60,10 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.role == Role::Openapi {
+        println!("{}", serde_json::to_string_pretty(berth_api::openapi::document()).context("printing the document")?);
+        return Ok(());
+    }
     let path = cli.config.clone().or_else(|| {
         let p = PathBuf::from("berth.toml");
         p.exists().then_some(p)
@@ -206,7 +212,7 @@ async fn run(role: Role, config: Config) -> Result<()> {
             run_executor(pool, queue, cluster, &config, &stop_rx).await
         }
         Role::Dev => run_dev(config, stop_rx).await,
-        Role::CheckConfig => unreachable!("handled before the runtime starts"),
+        Role::CheckConfig | Role::Openapi => unreachable!("handled before the runtime starts"),
     }
 }
 

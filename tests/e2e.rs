@@ -1,141 +1,16 @@
 //! End to end: the real `berth` binary's roles as separate processes that share nothing but
 //! PostgreSQL and Redis, driven over HTTP like a user would.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_queue::Queue;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use uuid::Uuid;
 
-const SECRET: &str = "e2e-secret-0123456789abcdef";
+mod common;
 
-fn base_db_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (server, _) = url.rsplit_once('/').expect("DATABASE_URL has a database path");
-    format!("{server}/{db}")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One isolated berth deployment: its own database, Redis partition, port and processes.
-struct Deployment {
-    db: String,
-    db_url: String,
-    partition: String,
-    port: u16,
-    logs: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Deployment {
-    fn new() -> Deployment {
-        let id = Uuid::new_v4().simple().to_string();
-        let db = format!("berth_e2e_{}", &id[..12]);
-        let logs = std::env::temp_dir().join(format!("berth-e2e-{}", &id[..12]));
-        std::fs::create_dir_all(&logs).unwrap();
-        Deployment {
-            db_url: with_database(&base_db_url(), &db),
-            db,
-            partition: format!("test-{id}"),
-            port: free_port(),
-            logs,
-            children: Vec::new(),
-        }
-    }
-
-    fn command(&self, role: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-        c.arg(role)
-            .current_dir(&self.logs)
-            .env_remove("BERTH_CONFIG")
-            .env("BERTH_DATABASE__URL", &self.db_url)
-            .env("BERTH_REDIS__URL", redis_url())
-            .env("BERTH_REDIS__PARTITION", &self.partition)
-            .env("BERTH_API__LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("BERTH_AUTH__JWT_SECRET", SECRET)
-            .env("BERTH_EXECUTOR__RETRY__BASE", "100ms")
-            .env("BERTH_EXECUTOR__RETRY__CAP", "400ms")
-            .env("BERTH_SCHEDULER__UNSCHEDULABLE_BACKOFF", "100ms")
-            .env("BERTH_CLUSTER__START_DELAY", "20ms")
-            .env("RUST_LOG", "info");
-        c
-    }
-
-    fn spawn(&mut self, role: &str, name: &str) {
-        let out = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
-        let child =
-            self.command(role).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().unwrap();
-        self.children.push((name.to_owned(), child));
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn logs_tail(&self) -> String {
-        let mut out = String::new();
-        for (name, _) in &self.children {
-            let text = std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out += &format!("--- {name} ---\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n"));
-        }
-        out
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = http.get(self.url("/readyz")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("berth did not become ready\n{}", self.logs_tail());
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let (db, base, partition) = (self.db.clone(), base_db_url(), self.partition.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {db} with (force)")))
-                        .execute(&mut c)
-                        .await;
-                }
-            })
-        })
-        .join();
-        Queue::purge_blocking(&redis_url(), &partition);
-    }
-}
-
-async fn login(http: &reqwest::Client, d: &Deployment, user: &str, password: &str) -> String {
-    let r =
-        http.post(d.url("/v1/auth/login")).json(&json!({"username": user, "password": password})).send().await.unwrap();
-    assert_eq!(r.status(), 200, "login {user}");
-    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
-}
+use common::*;
 
 async fn wait_terminal(http: &reqwest::Client, d: &Deployment, token: &str, id: &str, deadline: Instant) -> Value {
     loop {

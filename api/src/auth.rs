@@ -192,7 +192,8 @@ pub struct UserRow {
 }
 
 /// The seed's User schema.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -219,7 +220,7 @@ impl From<&UserRow> for UserView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
@@ -228,7 +229,7 @@ pub struct LoginRequest {
     pub tenant_name: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     pub access_token: String,
     pub refresh_token: String,
@@ -256,6 +257,8 @@ const USER_ROW: &str =
 const MAX_LOGIN_CANDIDATES: i64 = 8;
 const MAX_CREDENTIAL_LEN: usize = 1024;
 
+#[utoipa::path(post, path = "/v1/auth/login", tag = "Authentication", summary = "Log in", request_body = LoginRequest,
+    responses((status = 200, description = "Logged in", body = LoginResponse), (status = 401, description = "Wrong credentials", body = crate::openapi::Error), (status = 403, description = "The tenant or account is suspended", body = crate::openapi::Error), (status = 429, description = "Too many attempts; see Retry-After", body = crate::openapi::Error, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn login(
     State(s): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -376,7 +379,7 @@ struct RefreshRow {
     rotated_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
@@ -385,6 +388,8 @@ pub struct RefreshRequest {
 /// Rotates a refresh token: the presented one is spent, a new one of the same family is
 /// returned with a new access token. Presenting a spent token again means it leaked (or the
 /// client raced itself): the whole family is revoked, and its holder must log in again.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "Authentication", summary = "Rotate a refresh token", request_body = RefreshRequest,
+    responses((status = 200, description = "A new token pair; the presented refresh token is spent", body = LoginResponse), (status = 401, description = "Invalid, expired or reused (which revokes its family)", body = crate::openapi::Error)))]
 async fn refresh(
     State(s): State<AppState>,
     ValidJson(req): ValidJson<RefreshRequest>,
@@ -426,7 +431,7 @@ async fn refresh(
     Ok(Json(response))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
     #[serde(default)]
@@ -436,6 +441,8 @@ pub struct LogoutRequest {
 /// Ends sessions: the presented refresh token's family, or without one every session of the
 /// caller. Access tokens are not stored, so one already issued stays valid until it expires
 /// (`auth.access_token_ttl`).
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "Authentication", summary = "End sessions", request_body(content = Option<LogoutRequest>, description = "The refresh token whose session ends; without it, every session of the caller"),
+    responses((status = 200, description = "Logged out", body = crate::openapi::LogoutResponse)))]
 async fn logout(
     State(s): State<AppState>,
     caller: Caller,
@@ -467,6 +474,8 @@ async fn logout(
 }
 
 /// The caller's own account.
+#[utoipa::path(get, path = "/v1/me", tag = "Authentication", summary = "The caller's account",
+    responses((status = 200, description = "The caller", body = crate::openapi::MeResponse)))]
 async fn me(State(s): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let user: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{USER_ROW} where u.id = $1")))
         .bind(caller.user_id)

@@ -82,6 +82,8 @@ fn stream_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "Tasks", summary = "Task state changes as Server-Sent Events", params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "An SSE stream of `task` events (JSON data); `lagged` when this client fell behind", content_type = "text/event-stream", body = String)))]
 async fn events(
     State(s): State<AppState>,
     caller: Caller,

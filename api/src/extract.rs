@@ -158,3 +158,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
         Ok(ClientAddr(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
     }
 }
+
+/// Query parameters deserialized into `T`. Unlike `axum::extract::Query`, a malformed query
+/// (a repeated parameter, bad percent-encoding) is the API's JSON 400, not a text/plain one.
+#[derive(Debug, Clone)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Query(t)),
+            Err(e) => Err(ApiError::BadRequest {
+                error: "Invalid query parameters".into(),
+                fields: vec![crate::error::FieldError::new(
+                    "(query)",
+                    e.body_text().trim_start_matches("Failed to deserialize query string: ").to_owned(),
+                )],
+            }),
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`events`]: `GET /v1/events`, Server-Sent Events of the tenant's task changes.
 //! - [`metrics`]: `/metrics` for Prometheus, and the request counter every route passes.
 //! - [`health`]: `/healthz`, `/readyz`.
+//! - [`openapi`]: `/openapi.json` from the handlers' annotations, Swagger UI at `/docs`.
 //! - [`bootstrap`]: the platform admin (every start) and the dev accounts (`berth dev`).
 //!
 //! Start at [`router`]; [`serve`] runs it on a listener until shutdown.
@@ -22,6 +23,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod rbac;
 pub mod tasks;
 pub mod tenants;
@@ -84,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::NotFound("Resource not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // After the RBAC layer: the document and its viewer are public, and not API routes.
+        .merge(openapi::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))

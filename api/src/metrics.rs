@@ -32,6 +32,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(render))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "Operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 async fn render(State(s): State<AppState>) -> Response {
     // Best effort: a Redis hiccup leaves the last depths in place rather than failing the scrape.
     if let Ok(depths) = s.queue.ready_depths().await {

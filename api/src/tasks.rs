@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{QueryCheck, ValidJson, path_id};
+use crate::extract::{Query, QueryCheck, ValidJson, path_id};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -48,10 +48,11 @@ const MAX_VOLUMES: usize = 32;
 const MAX_MOUNT_PATH: usize = 512;
 
 /// A quantity as a string (`"500m"`) or a bare number (`2`), as Kubernetes accepts both.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum QuantityInput {
     Text(String),
+    #[schema(value_type = f64)]
     Number(serde_json::Number),
 }
 
@@ -65,34 +66,56 @@ impl QuantityInput {
 }
 
 /// The seed's ResourceRequirements.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequirements {
+    /// CPU as a quantity: `100m`, `1`, `2.5`.
     #[serde(default)]
+    #[schema(example = "500m")]
     pub cpu: Option<QuantityInput>,
+    /// Memory as a quantity: `128Mi`, `1Gi`.
     #[serde(default)]
+    #[schema(example = "1Gi")]
     pub memory: Option<QuantityInput>,
+    /// Whole GPUs (`nvidia.com/gpu`).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1024)]
     pub gpu: Option<i64>,
 }
 
 /// The seed's VolumeMount.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
+    #[schema(
+        example = "data",
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        max_length = 253
+    )]
     pub name: String,
+    #[schema(example = "/data", pattern = r"^/")]
     pub mount_path: String,
     #[serde(default)]
     pub read_only: Option<bool>,
 }
 
 /// The seed's CreateTaskRequest, plus `max_retry_count`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskRequest {
+    /// A DNS subdomain name (lowercase, at most 253 characters).
+    #[schema(
+        example = "ml-training-job",
+        max_length = 253,
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    )]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    #[schema(
+        example = "busybox:1.36",
+        pattern = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+    )]
     pub image: String,
     #[serde(default)]
     pub command: Option<Vec<String>>,
@@ -111,9 +134,13 @@ pub struct CreateTaskRequest {
     pub node_selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub tolerations: Option<Vec<Toleration>>,
+    /// 0 (default) to 100; higher runs first within the tenant.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub priority: Option<i64>,
+    /// Retries of a failed attempt (default 3, at most 20).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub max_retry_count: Option<i64>,
 }
 
@@ -328,7 +355,7 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
 }
 
 /// The seed's Task schema, plus `node_selector`, `tolerations`, `node_name`, `not_before`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -338,15 +365,23 @@ pub struct Task {
     pub image: String,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub env_vars: Option<Value>,
+    #[schema(value_type = ResourceRequirements)]
     pub resource_requests: Value,
+    #[schema(value_type = ResourceRequirements)]
     pub resource_limits: Value,
+    #[schema(value_type = Option<Vec<VolumeMount>>)]
     pub volumes: Option<Value>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub labels: Option<Value>,
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     pub k8s_job_name: Option<String>,
     pub k8s_namespace: Option<String>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub node_selector: Option<Value>,
+    #[schema(value_type = Option<Vec<Toleration>>)]
     pub tolerations: Option<Value>,
     pub priority: Option<i32>,
     pub max_retry_count: Option<i32>,
@@ -366,6 +401,8 @@ const TASK_COLUMNS: &str =
     max_retry_count, current_retry_count, created_at, updated_at, started_at, completed_at, error_message,
     node_name, not_before";
 
+#[utoipa::path(post, path = "/v1/tasks", tag = "Tasks", summary = "Create a task", request_body = CreateTaskRequest,
+    responses((status = 201, description = "Task created", body = crate::openapi::TaskResponse), (status = 409, description = "Resource quota exceeded: details hold `requested` and `available`", body = crate::openapi::Error)))]
 async fn create(
     State(s): State<AppState>,
     caller: Caller,
@@ -379,15 +416,18 @@ async fn create(
 /// Most tasks one batch may submit.
 pub const MAX_BATCH: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[schema(min_items = 1, max_items = 1000)]
     pub tasks: Vec<CreateTaskRequest>,
 }
 
 /// `POST /v1/tasks:batch`: up to [`MAX_BATCH`] tasks, admitted all or none. Every invalid
 /// field of every task is reported (`tasks[3].priority`), and the quota is charged for the
 /// whole batch at once.
+#[utoipa::path(post, path = "/v1/tasks:batch", tag = "Tasks", summary = "Create up to 1,000 tasks, all or none", request_body = BatchRequest,
+    responses((status = 201, description = "All tasks created", body = crate::openapi::TaskBatchResponse), (status = 409, description = "The batch would exceed the quota; none was created", body = crate::openapi::Error)))]
 async fn create_batch(
     State(s): State<AppState>,
     caller: Caller,
@@ -638,6 +678,8 @@ async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources, 
     Err(ApiError::QuotaExceeded { requested: Value::Object(requested), available: Value::Object(available) })
 }
 
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "Tasks", summary = "Get a task", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "The task", body = crate::openapi::TaskResponse)))]
 async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&raw, "task")?;
     let task: Option<Task> =
@@ -713,6 +755,8 @@ async fn cancel(s: &AppState, caller: &Caller, id: Uuid) -> Result<bool, ApiErro
     Ok(true)
 }
 
+#[utoipa::path(post, path = "/v1/tasks/{id}/stop", tag = "Tasks", summary = "Stop a task", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Stopped, or already over", body = crate::openapi::Message)))]
 async fn stop(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let was_live = cancel(&s, &caller, path_id(&raw, "task")?).await?;
     let message = if was_live { "Task stopped successfully" } else { "Task had already finished" };
@@ -720,6 +764,8 @@ async fn stop(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>
 }
 
 /// Cancels the task if it is live, then removes it and its executions.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "Tasks", summary = "Delete a task (cancelling it first if live)", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Message)))]
 async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&raw, "task")?;
     cancel(&s, &caller, id).await?;
@@ -732,7 +778,7 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<Strin
 }
 
 /// One attempt of a task.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Execution {
     pub id: Uuid,
     pub execution_id: String,
@@ -747,6 +793,8 @@ pub struct Execution {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(get, path = "/v1/tasks/{id}/executions", tag = "Tasks", summary = "A task's attempts", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Every attempt, oldest first", body = crate::openapi::ExecutionList)))]
 async fn executions(
     State(s): State<AppState>,
     caller: Caller,
@@ -770,9 +818,14 @@ async fn executions(
 }
 
 /// The seed's log parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
+    /// How many of the last lines (1–10,000, default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     pub tail: Option<String>,
+    /// Keep streaming new lines until the task ends.
+    #[param(value_type = Option<bool>)]
     pub follow: Option<String>,
 }
 
@@ -787,6 +840,8 @@ const FOLLOW_BLOCK: std::time::Duration = std::time::Duration::from_secs(2);
 /// prints it) that ends when the task does. Lines come from the executor, which copies each
 /// attempt's container output into Redis (the same path for the simulated cluster and, later,
 /// Kubernetes pod logs).
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "Tasks", summary = "A task's log", params(("id" = uuid::Uuid, Path, description = "The object's id"), LogParams),
+    responses((status = 200, description = "The last `tail` lines as `{data: [..]}`; with `follow=true`, a chunked text/plain stream of lines until the task ends", content((crate::openapi::LogLines = "application/json"), (String = "text/plain")))))]
 async fn logs(
     State(s): State<AppState>,
     caller: Caller,
@@ -867,11 +922,16 @@ async fn logs(
 }
 
 /// The seed's list parameters. Unknown parameters are ignored, as HTTP caches add their own.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub page: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub page_size: Option<String>,
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     pub user_id: Option<String>,
     /// A label selector of equalities: `team=ml,project=x`.
     pub labels: Option<String>,
@@ -896,6 +956,8 @@ fn label_selector(raw: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+#[utoipa::path(get, path = "/v1/tasks", tag = "Tasks", summary = "List the tenant's tasks", params(ListParams),
+    responses((status = 200, description = "A page of tasks, newest first", body = crate::openapi::TaskList)))]
 async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());

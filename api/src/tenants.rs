@@ -4,7 +4,7 @@
 //! (`tenant-<name>`) and its Redis queues. Suspending a tenant refuses its users' logins and
 //! submissions and holds its queued tasks in the queue until it is reactivated.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{QueryCheck, ValidJson, path_id};
+use crate::extract::{Query, QueryCheck, ValidJson, path_id};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,7 +32,7 @@ const MAX_DISPLAY_NAME: usize = 255;
 const MAX_DESCRIPTION: usize = 1000;
 const MAX_WEIGHT: i64 = 1000;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
@@ -46,9 +46,10 @@ pub struct Tenant {
 
 const TENANT_COLUMNS: &str = "id, name, display_name, description, status, weight, created_at, updated_at";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schema(example = "acme", pattern = r"^[a-z0-9]([-a-z0-9]{0,54}[a-z0-9])?$")]
     pub name: String,
     #[serde(default)]
     pub display_name: Option<String>,
@@ -60,7 +61,7 @@ pub struct CreateTenant {
     pub quotas: Option<Quotas>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     #[serde(default)]
@@ -87,6 +88,8 @@ fn check_weight(w: Option<i64>, errs: &mut Vec<FieldError>) {
     }
 }
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "Tenants", summary = "Create a tenant", request_body = CreateTenant,
+    responses((status = 201, description = "Tenant created", body = crate::openapi::TenantResponse), (status = 409, description = "A tenant of that name exists", body = crate::openapi::Error)))]
 async fn create(
     State(s): State<AppState>,
     ValidJson(req): ValidJson<CreateTenant>,
@@ -127,13 +130,19 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!({ "data": tenant, "message": "Tenant created successfully" }))))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub page: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub page_size: Option<String>,
+    /// `active` or `suspended`.
     pub status: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/tenants", tag = "Tenants", summary = "List tenants", params(ListParams),
+    responses((status = 200, description = "A page of tenants", body = crate::openapi::TenantList)))]
 async fn list(State(s): State<AppState>, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
@@ -166,11 +175,15 @@ async fn fetch(s: &AppState, id: Uuid) -> Result<Tenant, ApiError> {
     t.ok_or_else(|| ApiError::NotFound("Tenant not found".into()))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "Tenants", summary = "Get a tenant", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "The tenant", body = crate::openapi::TenantResponse)))]
 async fn get_one(State(s): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let t = fetch(&s, path_id(&raw, "tenant")?).await?;
     Ok(Json(json!({ "data": t })))
 }
 
+#[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "Tenants", summary = "Update a tenant", params(("id" = uuid::Uuid, Path, description = "The object's id")), request_body = UpdateTenant,
+    responses((status = 200, description = "Updated", body = crate::openapi::TenantResponse), (status = 409, description = "The system tenant cannot be suspended", body = crate::openapi::Error)))]
 async fn update(
     State(s): State<AppState>,
     caller: Caller,
@@ -215,6 +228,8 @@ async fn update(
     Ok(Json(json!({ "data": t, "message": "Tenant updated successfully" })))
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "Tenants", summary = "Delete a tenant", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Message), (status = 409, description = "The system tenant, or one with live tasks", body = crate::openapi::Error)))]
 async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&raw, "tenant")?;
     let t = fetch(&s, id).await?;
@@ -241,7 +256,7 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<Strin
 
 /// A quota document: each limit a quantity (`cpu`, `memory`) or a count (`gpu`, `tasks`);
 /// absent or null means unlimited.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
     #[serde(default)]
@@ -332,11 +347,15 @@ pub async fn quota_view(pool: &sqlx::PgPool, tenant: Uuid) -> Result<Value, ApiE
     Ok(Value::Object(out))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{id}/quotas", tag = "Tenants", summary = "A tenant's quotas and usage", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Limits and usage by kind", body = crate::openapi::QuotaResponse)))]
 async fn get_quotas(State(s): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let t = fetch(&s, path_id(&raw, "tenant")?).await?;
     Ok(Json(json!({ "data": quota_view(&s.pool, t.id).await? })))
 }
 
+#[utoipa::path(put, path = "/v1/tenants/{id}/quotas", tag = "Tenants", summary = "Replace a tenant's quotas", params(("id" = uuid::Uuid, Path, description = "The object's id")), request_body = Quotas,
+    responses((status = 200, description = "Limits and usage by kind", body = crate::openapi::QuotaResponse)))]
 async fn put_quotas(
     State(s): State<AppState>,
     Path(raw): Path<String>,

@@ -1,7 +1,7 @@
 //! Users: tenant admins manage their tenant's users; platform admins any tenant's (they name
 //! the tenant with `tenant_id`). Usernames are unique per tenant, emails globally.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Caller, UserView, hash_password};
 use crate::error::{ApiError, FieldError};
-use crate::extract::{QueryCheck, ValidJson, path_id};
+use crate::extract::{Query, QueryCheck, ValidJson, path_id};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,9 +27,10 @@ const MAX_PASSWORD: usize = 1024;
 const MAX_NAME: usize = 255;
 const ROLES: [&str; 3] = ["admin", "user", "viewer"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(example = "jane.doe", pattern = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$")]
     pub username: String,
     pub email: String,
     pub password: String,
@@ -42,7 +43,7 @@ pub struct CreateUser {
     pub tenant_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     #[serde(default)]
@@ -131,6 +132,8 @@ async fn hash(password: String) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(format!("hashing: {e}")))?
 }
 
+#[utoipa::path(post, path = "/v1/users", tag = "Users", summary = "Create a user", request_body = CreateUser,
+    responses((status = 201, description = "User created", body = crate::openapi::UserResponse), (status = 409, description = "The username (in the tenant) or the email is taken", body = crate::openapi::Error), (status = 404, description = "The named tenant does not exist", body = crate::openapi::Error)))]
 async fn create(
     State(s): State<AppState>,
     caller: Caller,
@@ -185,15 +188,22 @@ async fn fetch(s: &AppState, caller: &Caller, id: Uuid) -> Result<UserView, ApiE
     row.as_ref().map(UserView::from).ok_or_else(|| ApiError::NotFound("User not found".into()))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub page: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub page_size: Option<String>,
+    /// Another tenant's users (platform admins only).
+    #[param(value_type = Option<Uuid>)]
     pub tenant_id: Option<String>,
     pub role: Option<String>,
     pub status: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/users", tag = "Users", summary = "List a tenant's users", params(ListParams),
+    responses((status = 200, description = "A page of users", body = crate::openapi::UserList), (status = 404, description = "The named tenant does not exist", body = crate::openapi::Error)))]
 async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
@@ -230,10 +240,14 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListPar
     Ok(Json(json!({ "data": users, "pagination": page.json(total) })))
 }
 
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "Users", summary = "Get a user", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "The user", body = crate::openapi::UserResponse)))]
 async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": fetch(&s, &caller, path_id(&raw, "user")?).await? })))
 }
 
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "Users", summary = "Update a user", params(("id" = uuid::Uuid, Path, description = "The object's id")), request_body = UpdateUser,
+    responses((status = 200, description = "Updated", body = crate::openapi::UserResponse), (status = 409, description = "An admin cannot demote or suspend themselves; the email is taken", body = crate::openapi::Error)))]
 async fn update(
     State(s): State<AppState>,
     caller: Caller,
@@ -289,6 +303,8 @@ async fn update(
     Ok(Json(json!({ "data": fetch(&s, &caller, id).await?, "message": "User updated successfully" })))
 }
 
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "Users", summary = "Delete a user", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Message), (status = 409, description = "An admin cannot delete themselves", body = crate::openapi::Error)))]
 async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&raw, "user")?;
     fetch(&s, &caller, id).await?;

@@ -3,7 +3,7 @@
 //! namespace; its status follows the claim (`pending` → `bound`), which the executor's
 //! volume syncer reports.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{QueryCheck, ValidJson, path_id};
+use crate::extract::{Query, QueryCheck, ValidJson, path_id};
 use crate::rbac::Access;
 
 pub fn router() -> Router<AppState> {
@@ -27,7 +27,7 @@ pub const ACCESS_MODES: [&str; 3] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWrite
 /// Largest volume accepted: 1 PiB, far above any real claim, so a typo (`"10Ei"`) is caught.
 const MAX_SIZE: u64 = 1 << 50;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Volume {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -45,9 +45,10 @@ pub struct Volume {
 const VOLUME_COLUMNS: &str =
     "id, tenant_id, user_id, name, size, storage_class, access_mode, pvc_name, status, created_at, updated_at";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
+    #[schema(example = "data", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     pub name: String,
     pub size: crate::tasks::QuantityInput,
     #[serde(default)]
@@ -56,6 +57,8 @@ pub struct CreateVolume {
     pub access_mode: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/volumes", tag = "Volumes", summary = "Create a volume", request_body = CreateVolume,
+    responses((status = 201, description = "Volume created", body = crate::openapi::VolumeResponse), (status = 409, description = "A volume of that name exists", body = crate::openapi::Error)))]
 async fn create(
     State(s): State<AppState>,
     caller: Caller,
@@ -110,13 +113,19 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!({ "data": v, "message": "Volume created successfully" }))))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub page: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub page_size: Option<String>,
+    /// `pending`, `bound` or `lost`.
     pub status: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/volumes", tag = "Volumes", summary = "List the tenant's volumes", params(ListParams),
+    responses((status = 200, description = "A page of volumes", body = crate::openapi::VolumeList)))]
 async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
@@ -158,10 +167,14 @@ async fn fetch(s: &AppState, caller: &Caller, id: Uuid) -> Result<Volume, ApiErr
     v.ok_or_else(|| ApiError::NotFound("Volume not found".into()))
 }
 
+#[utoipa::path(get, path = "/v1/volumes/{id}", tag = "Volumes", summary = "Get a volume", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "The volume", body = crate::openapi::VolumeResponse)))]
 async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": fetch(&s, &caller, path_id(&raw, "volume")?).await? })))
 }
 
+#[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "Volumes", summary = "Delete a volume", params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Message), (status = 409, description = "A live task mounts it", body = crate::openapi::Error)))]
 async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let v = fetch(&s, &caller, path_id(&raw, "volume")?).await?;
     if !(caller.level() >= Access::TenantAdmin || v.user_id == caller.user_id) {

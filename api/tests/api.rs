@@ -359,3 +359,20 @@ async fn health_readiness_and_unknown_routes_answer_json(pool: PgPool) {
     let (s, _) = a.call("DELETE", "/v1/auth/login", None, None).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// The served document is the generated one, public, and Swagger UI is served from the binary.
+#[sqlx::test(migrations = "../migrations")]
+async fn openapi_document_and_swagger_ui_are_served(pool: PgPool) {
+    let a = api(pool).await;
+    let (s, v) = a.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, serde_json::to_value(berth_api::openapi::document()).unwrap());
+    assert!(v["paths"]["/v1/tasks"]["post"]["responses"]["409"].is_object(), "quota refusal documented");
+    let (s, v) = a.call("GET", "/docs/", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let html = v["raw"].as_str().unwrap_or_default();
+    assert!(html.contains("swagger-ui"), "{html:.200}");
+    let (s, v) = a.call("GET", "/docs/swagger-initializer.js", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["raw"].as_str().unwrap_or_default().contains("/openapi.json"), "the UI loads our document");
+}

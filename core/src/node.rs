@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::resources::Resources;
 
 /// A taint's effect, as Kubernetes defines it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum TaintEffect {
     NoSchedule,
     PreferNoSchedule,

@@ -13,7 +13,7 @@ use crate::resources::Resources;
 
 /// Where a task is in its life. `pending → scheduled → running → succeeded | failed |
 /// cancelled`; a failed attempt with retries left goes back to `pending`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Pending,
@@ -111,7 +111,7 @@ impl FromStr for TaskStatus {
 }
 
 /// How a toleration matches a taint's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum TolerationOperator {
     #[default]
     Equal,
@@ -120,7 +120,7 @@ pub enum TolerationOperator {
 
 /// A task's toleration, as Kubernetes defines it. An empty `effect` tolerates every effect;
 /// an empty `key` with `Exists` tolerates every taint.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Toleration {
     #[serde(default)]
