@@ -5,6 +5,7 @@
 //! - [`auth`]: passwords (argon2id), JWTs, the [`auth::Caller`] extractor, `POST /v1/auth/login`.
 //! - [`rbac`]: who may call what, in one table, enforced by one middleware.
 //! - [`tasks`]: `POST /v1/tasks`, `GET /v1/tasks`, `GET /v1/tasks/{id}`.
+//! - [`admission`]: concurrent admissions of a tenant merged into shared transactions.
 //! - [`tenants`]: tenants and their quotas (platform admins).
 //! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
 //! - [`volumes`]: a tenant's persistent volumes.
@@ -16,6 +17,7 @@
 //!
 //! Start at [`router`]; [`serve`] runs it on a listener until shutdown.
 
+pub mod admission;
 pub mod auth;
 pub mod bootstrap;
 pub mod error;
@@ -54,13 +56,15 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The process's one follower of the Redis event stream, shared by SSE clients.
     pub fanout: Arc<events::Fanout>,
+    /// Merges a tenant's concurrent single-task admissions.
+    pub admissions: Arc<admission::Admissions>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config) -> Result<AppState, jsonwebtoken::errors::Error> {
         let auth = Arc::new(auth::AuthKeys::new(&config.auth)?);
         metrics::install();
-        Ok(AppState { pool, queue, auth, config: Arc::new(config), fanout: Arc::default() })
+        Ok(AppState { pool, queue, auth, config: Arc::new(config), fanout: Arc::default(), admissions: Arc::default() })
     }
 }
 

@@ -139,7 +139,8 @@ pub struct TaskDoc {
 #[derive(ToSchema, serde::Serialize)]
 #[allow(dead_code)]
 pub struct Scheduling {
-    /// `ready`, `delayed`, `leased` or `unschedulable`.
+    /// `ready`, `leased`, `delayed` (a retry backoff, or with a `reason`, no node fitted) or
+    /// `bound`.
     queue_state: String,
     /// Why it is not placed yet, from its last evaluation.
     reason: Option<String>,

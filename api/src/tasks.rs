@@ -409,7 +409,7 @@ async fn create(
     ValidJson(req): ValidJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let v = validate_task(req)?;
-    let task = admit(&s, &caller, vec![v], "").await?.remove(0);
+    let task = s.admissions.submit(&s, &caller, v).await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": task, "message": "Task created successfully" }))))
 }
 
@@ -451,32 +451,61 @@ async fn create_batch(
         return Err(ApiError::invalid(errs));
     }
     let n = valid.len();
-    let tasks = admit(&s, &caller, valid, "tasks").await?;
+    let tasks = admit(&s, &Submitters::of(&caller, n), valid, "tasks").await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": tasks, "message": format!("{n} tasks created successfully") }))))
 }
 
-/// Admits validated tasks in one transaction: the caller must still be active, every mount
-/// must name a volume of the caller's tenant, and the quota must hold them all; then they are
-/// inserted and, after the commit, enqueued. `at` prefixes field paths (`tasks` for a batch).
-async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -> Result<Vec<Task>, ApiError> {
+/// Who submits tasks: a tenant, and for each task the user submitting it (one user for a
+/// request; several when [`crate::admission`] merges concurrent requests of a tenant).
+#[derive(Debug, Clone)]
+pub(crate) struct Submitters {
+    pub tenant_id: Uuid,
+    pub tenant: String,
+    /// One per task, in the tasks' order.
+    pub users: Vec<Uuid>,
+}
+
+impl Submitters {
+    pub fn of(caller: &Caller, n: usize) -> Submitters {
+        Submitters { tenant_id: caller.tenant_id, tenant: caller.tenant.clone(), users: vec![caller.user_id; n] }
+    }
+}
+
+/// Admits validated tasks in one transaction: their users and tenant must still be active,
+/// every mount must name a volume of the tenant, and the quota must hold them all; then they
+/// are inserted and, after the commit, enqueued. `at` prefixes field paths (`tasks` for a
+/// batch).
+pub(crate) async fn admit(
+    s: &AppState,
+    who: &Submitters,
+    tasks: Vec<ValidTask>,
+    at: &str,
+) -> Result<Vec<Task>, ApiError> {
+    debug_assert_eq!(who.users.len(), tasks.len());
     let path = |i: usize, rest: String| if at.is_empty() { rest } else { format!("{at}[{i}].{rest}") };
     let mut tx = s.pool.begin().await?;
-    // The caller and its tenant must still be active: a token outlives a suspension.
-    let standing: Option<(String, String)> = sqlx::query_as(
+    // The users and their tenant must still be active: a token outlives a suspension.
+    let users: Vec<Uuid> = who.users.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let standing: Vec<(String, String)> = sqlx::query_as(
         // FOR SHARE: a concurrent delete of the user or tenant waits for this admission (and
         // then sees its live task) instead of cascading it away half-charged.
-        "select u.status, t.status from users u join tenants t on t.id = u.tenant_id where u.id = $1 and t.id = $2
-         for share of u, t",
+        "select u.status, t.status from users u join tenants t on t.id = u.tenant_id
+         where u.id = any($1) and t.id = $2 order by u.id for share of u, t",
     )
-    .bind(caller.user_id)
-    .bind(caller.tenant_id)
-    .fetch_optional(&mut *tx)
+    .bind(&users)
+    .bind(who.tenant_id)
+    .fetch_all(&mut *tx)
     .await?;
-    match standing {
-        None => return Err(ApiError::Unauthorized("the token's user no longer exists".into())),
-        Some((_, t)) if t != "active" => return Err(ApiError::Suspended(format!("tenant {} is {t}", caller.tenant))),
-        Some((u, _)) if u != "active" => return Err(ApiError::Suspended(format!("your account is {u}"))),
-        Some(_) => {}
+    if standing.len() < users.len() {
+        return Err(ApiError::Unauthorized("the token's user no longer exists".into()));
+    }
+    for (u, t) in &standing {
+        if t != "active" {
+            return Err(ApiError::Suspended(format!("tenant {} is {t}", who.tenant)));
+        }
+        if u != "active" {
+            return Err(ApiError::Suspended(format!("your account is {u}")));
+        }
     }
     // Each mounted volume must be the caller's tenant's; another tenant's looks missing.
     let names: Vec<String> = tasks
@@ -489,7 +518,7 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
         BTreeMap::new()
     } else {
         sqlx::query_as::<_, (String, Uuid)>("select name, id from volumes where tenant_id = $1 and name = any($2)")
-            .bind(caller.tenant_id)
+            .bind(who.tenant_id)
             .bind(&names)
             .fetch_all(&mut *tx)
             .await?
@@ -521,7 +550,6 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
         ));
     }
     let total = Resources::new(cpu as u64, memory as u64, gpu as u64);
-    charge_quota(&mut tx, caller.tenant_id, &total, tasks.len() as i64).await?;
 
     // One statement for all the tasks (and one for all their mounts), however many: a batch
     // of 1,000 is two round trips, not 2,000. Columns travel as parallel arrays.
@@ -545,20 +573,20 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
             resource_requests, resource_limits, volumes, labels, node_selector, tolerations, priority,
             max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name,
             quota_charged, quota_cpu, quota_memory, quota_gpu)
-         select u.id, $1, $2, u.name, u.description, u.image,
+         select u.id, $1, u.user_id, u.name, u.description, u.image,
                 array(select jsonb_array_elements_text(u.command)), array(select jsonb_array_elements_text(u.args)),
                 u.env_vars, u.requests, u.limits, u.volumes, u.labels, u.node_selector, u.tolerations, u.priority,
                 u.max_retry_count, 0, 'pending', $3, 'task-' || u.id || '-0', true, u.qcpu, u.qmem, u.qgpu
          from unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
                      $12::jsonb[], $13::jsonb[], $14::jsonb[], $15::jsonb[], $16::jsonb[], $17::int[], $18::int[],
-                     $19::int8[], $20::int8[], $21::int8[])
+                     $19::int8[], $20::int8[], $21::int8[], $2::uuid[])
            as u(id, name, description, image, command, args, env_vars, requests, limits, volumes, labels, node_selector,
-                tolerations, priority, max_retry_count, qcpu, qmem, qgpu)
+                tolerations, priority, max_retry_count, qcpu, qmem, qgpu, user_id)
          returning {TASK_COLUMNS}"
     )))
-    .bind(caller.tenant_id)
-    .bind(caller.user_id)
-    .bind(format!("tenant-{}", caller.tenant))
+    .bind(who.tenant_id)
+    .bind(&who.users)
+    .bind(format!("tenant-{}", who.tenant))
     .bind(&ids)
     .bind(tasks.iter().map(|v| v.req.name.clone()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|v| v.req.description.clone()).collect::<Vec<_>>())
@@ -603,6 +631,10 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
         .execute(&mut *tx)
         .await?;
     }
+    // The quota last, just before the commit: its rows are locked from here to the commit,
+    // and every admission of the tenant waits for them, so the less happens in between the
+    // more admissions a tenant gets through. A refusal rolls the inserts back.
+    charge_quota(&mut tx, who.tenant_id, &total, tasks.len() as i64).await?;
     tx.commit().await?;
 
     let specs: Vec<SchedulingSpec> = tasks
@@ -610,7 +642,7 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
         .zip(&admitted)
         .map(|(v, t)| SchedulingSpec {
             task_id: t.id,
-            tenant: caller.tenant.clone(),
+            tenant: who.tenant.clone(),
             requests: v.requests,
             priority: v.priority as u8,
             node_selector: v.req.node_selector.clone().unwrap_or_default(),
@@ -622,7 +654,7 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
     if let Err(e) = s.queue.enqueue_many(&specs).await {
         tracing::error!(tasks = specs.len(), error = %e, "enqueue failed; the reconciler will enqueue the tasks");
     }
-    tracing::info!(tasks = specs.len(), tenant = %caller.tenant, "tasks admitted");
+    tracing::info!(tasks = specs.len(), tenant = %who.tenant, "tasks admitted");
     metrics::counter!("berth_tasks_admitted_total").increment(specs.len() as u64);
     Ok(admitted)
 }
@@ -634,32 +666,34 @@ async fn admit(s: &AppState, caller: &Caller, tasks: Vec<ValidTask>, at: &str) -
 async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources, count: i64) -> Result<(), ApiError> {
     let amounts: [(&str, i64); 4] =
         [("cpu", r.cpu_millis as i64), ("memory", r.memory_bytes as i64), ("gpu", r.gpu as i64), ("tasks", count)];
-    // Lock the tenant's quota rows in one fixed order first: two admissions (or an admission
-    // and a release) taking them in plan order could deadlock.
-    sqlx::query("select id from resource_quotas where tenant_id = $1 order by resource_type for update")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-    let charged: Vec<(String,)> = sqlx::query_as(
-        "update resource_quotas q set used_amount = coalesce(q.used_amount, 0) + r.amount, updated_at = now()
-         from (select unnest($2::text[]) as kind, unnest($3::bigint[]) as amount) r
-         where q.tenant_id = $1 and q.resource_type = r.kind and coalesce(q.used_amount, 0) <= q.hard_limit - r.amount
-         returning q.resource_type",
+    // One statement: lock the tenant's quota rows in one fixed order (two admissions, or an
+    // admission and a release, taking them in plan order could deadlock), then charge every
+    // kind if every kind fits, else none. The rows come back as they were before the charge.
+    let rows: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+        "with req as (select unnest($2::text[]) as kind, unnest($3::bigint[]) as amount),
+         locked as (
+             select id, resource_type, hard_limit, coalesce(used_amount, 0) as used from resource_quotas
+             where tenant_id = $1 and resource_type = any($2) order by resource_type for update
+         ),
+         fits as (
+             select coalesce(bool_and(l.used <= l.hard_limit - r.amount), true) as ok
+             from locked l join req r on r.kind = l.resource_type
+         ),
+         charged as (
+             update resource_quotas q set used_amount = l.used + r.amount, updated_at = now()
+             from locked l join req r on r.kind = l.resource_type, fits
+             where q.id = l.id and fits.ok
+             returning q.id
+         )
+         select l.resource_type, l.hard_limit, l.used, (select count(*) from charged) > 0 or not exists (select 1 from locked)
+         from locked l",
     )
     .bind(tenant)
     .bind(amounts.iter().map(|a| a.0).collect::<Vec<_>>())
     .bind(amounts.iter().map(|a| a.1).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
-    let rows: Vec<(String, i64, Option<i64>)> =
-        sqlx::query_as(
-            "select resource_type, hard_limit, used_amount from resource_quotas where tenant_id = $1 and resource_type = any($2)",
-        )
-        .bind(tenant)
-        .bind(amounts.iter().map(|a| a.0).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-    if charged.len() == rows.len() {
+    if rows.is_empty() || rows[0].3 {
         return Ok(());
     }
     // Refused (the caller rolls back): the request and what is left, in the request's units.
@@ -668,11 +702,7 @@ async fn charge_quota(tx: &mut sqlx::PgConnection, tenant: Uuid, r: &Resources, 
     let mut available = serde_json::Map::new();
     for (kind, amount) in amounts {
         requested.insert(kind.into(), show(kind, amount));
-        // Kinds this statement did charge are read back with the charge in them (the caller's
-        // rollback undoes it): add it back.
-        let ours = if charged.iter().any(|c| c.0 == kind) { amount } else { 0 };
-        let left =
-            rows.iter().find(|r| r.0 == kind).and_then(|r| (r.1 != i64::MAX).then(|| r.1 - r.2.unwrap_or(0) + ours));
+        let left = rows.iter().find(|r| r.0 == kind).and_then(|r| (r.1 != i64::MAX).then(|| r.1 - r.2));
         available.insert(kind.into(), left.map_or(Value::Null, |v| show(kind, v)));
     }
     Err(ApiError::QuotaExceeded { requested: Value::Object(requested), available: Value::Object(available) })

@@ -668,3 +668,52 @@ async fn concurrent_admissions_and_releases_never_deadlock(pool: PgPool) {
     }
     assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0));
 }
+
+/// Concurrent single admissions of a tenant share transactions (crate::admission), and the
+/// merge changes no answer: a request that fails alone fails in a merged batch too, with its
+/// own error, and the others are admitted under their own users.
+#[sqlx::test(migrations = "../migrations")]
+async fn merged_admissions_give_each_request_its_own_answer(pool: PgPool) {
+    let a = std::sync::Arc::new(api(pool).await);
+    let alice = token(&a, "alice", "alice-pw").await;
+    let bob = token(&a, "bob", "bob-pw").await;
+    let ids: std::collections::HashMap<String, Uuid> =
+        sqlx::query_as::<_, (String, Uuid)>("select username, id from users")
+            .fetch_all(&a.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for wave in 0..2 {
+        let mut handles = Vec::new();
+        for i in 0..30 {
+            let who = if i % 2 == 0 { ("alice", alice.clone()) } else { ("bob", bob.clone()) };
+            let mut body = task(&format!("w{wave}-{i}"));
+            // In the first wave every third request mounts a volume that does not exist.
+            let bad = wave == 0 && i % 3 == 0;
+            if bad {
+                body["volumes"] = json!([{"name": "nope", "mount_path": "/data"}]);
+            }
+            let a = a.clone();
+            handles.push(tokio::spawn(async move { (who.0, bad, a.submit(&who.1, body).await) }));
+        }
+        for h in handles {
+            let (user, bad, (s, v)) = h.await.unwrap();
+            if bad {
+                assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+                assert_eq!(v["fields"][0]["field"], "volumes[0].name", "its own error: {v}");
+            } else {
+                assert_eq!(s, StatusCode::CREATED, "{v}");
+                assert_eq!(v["data"]["user_id"], json!(ids[user]), "admitted as its own user");
+            }
+        }
+    }
+    assert_eq!(a.task_count().await, 20 + 30);
+    assert!(used(&a, "acme").await.contains(&("tasks".into(), 50)), "{:?}", used(&a, "acme").await);
+    let per_user: Vec<(Uuid, i64)> = sqlx::query_as("select user_id, count(*) from tasks group by user_id order by 2")
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(per_user.iter().map(|r| r.1).collect::<Vec<_>>(), vec![25, 25], "{per_user:?}");
+    assert!(a.state.admissions.merged_transactions() > 0, "30 concurrent requests were merged at least once");
+}

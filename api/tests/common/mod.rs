@@ -19,6 +19,7 @@ pub struct Api {
     pub router: Router,
     pub queue: Queue,
     pub pool: PgPool,
+    pub state: AppState,
 }
 
 impl Drop for Api {
@@ -46,7 +47,7 @@ pub async fn api(pool: PgPool) -> Api {
             .unwrap();
     }
     let state = AppState::new(pool.clone(), queue.clone(), config).unwrap();
-    Api { router: berth_api::router(state), queue, pool }
+    Api { router: berth_api::router(state.clone()), queue, pool, state }
 }
 
 impl Api {

@@ -3,7 +3,7 @@
 //! a throwaway database and Redis partition on this machine. The load generator runs in the
 //! same process as the API, so both share the machine's cores with PostgreSQL and Redis.
 //!
-//! `cargo run --release -p berth-bench --bin admission [-- SECONDS CLIENTS]`
+//! `cargo run --release -p berth-bench --bin admission [-- SECONDS CLIENTS TENANTS]`
 //! (`make bench-admission`). Environment: `DATABASE_URL` (a server where databases can be
 //! created; default the local one) and `BERTH_TEST_REDIS_URL`.
 
@@ -45,6 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(32);
+    let tenants: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
@@ -52,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut admin = sqlx::PgConnection::connect(&base).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {db}"))).execute(&mut admin).await?;
     let db_url = format!("{}/{db}", base.rsplit_once('/').map_or(base.as_str(), |b| b.0));
-    let result = run(&db_url, &redis, &tag, seconds, clients).await;
+    let result = run(&db_url, &redis, &tag, seconds, clients, tenants).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {db} with (force)"))).execute(&mut admin).await?;
     result
 }
@@ -63,6 +64,7 @@ async fn run(
     tag: &str,
     seconds: u64,
     clients: usize,
+    tenants: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(db_url).await?;
     MIGRATOR.run(&pool).await?;
@@ -70,8 +72,14 @@ async fn run(
     config.redis.partition = format!("bench-{tag}");
     config.api.body_limit_bytes = 8 << 20;
     let queue = Queue::connect(redis, &config.redis.partition).await?;
-    let tenant = berth_api::bootstrap::ensure_tenant(&pool, "bench", "Bench", "").await?;
-    berth_api::bootstrap::ensure_user(&pool, tenant, "bench", "bench@bench.local", "bench-password", "user").await?;
+    // One user per tenant: a tenant's admissions serialize on its quota rows (the conditional
+    // update holds them to the commit), so one tenant and several measure different things.
+    for t in 0..tenants {
+        let tenant = berth_api::bootstrap::ensure_tenant(&pool, &format!("bench-{t}"), "Bench", "").await?;
+        let email = format!("bench{t}@bench.local");
+        berth_api::bootstrap::ensure_user(&pool, tenant, &format!("bench{t}"), &email, "bench-password", "user")
+            .await?;
+    }
     let state = berth_api::AppState::new(pool.clone(), queue.clone(), config)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -80,20 +88,24 @@ async fn run(
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
-    let login: Value = http
-        .post(format!("{url}/v1/auth/login"))
-        .json(&json!({"username": "bench", "password": "bench-password"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = Arc::new(login["access_token"].as_str().ok_or("login failed")?.to_owned());
+    let mut tokens = Vec::new();
+    for t in 0..tenants {
+        let login: Value = http
+            .post(format!("{url}/v1/auth/login"))
+            .json(&json!({"username": format!("bench{t}"), "password": "bench-password"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        tokens.push(Arc::new(login["access_token"].as_str().ok_or("login failed")?.to_owned()));
+    }
+    let token = tokens[0].clone();
 
     // 1. Single admissions: `clients` concurrent clients for `seconds`.
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut workers = Vec::new();
     for c in 0..clients {
-        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        let (http, url, token) = (http.clone(), url.clone(), tokens[c % tenants].clone());
         workers.push(tokio::spawn(async move {
             let (mut lat, mut errors, mut i) = (Vec::new(), 0usize, c * 1_000_000);
             while Instant::now() < deadline {
@@ -130,7 +142,7 @@ async fn run(
     lat.sort();
     let rate = lat.len() as f64 / elapsed;
     println!(
-        "POST /v1/tasks        {:>8.0} admissions/s  p50 {:>6.1} ms  p99 {:>6.1} ms  ({} admitted, {errors} errors, {clients} clients, {seconds}s)",
+        "POST /v1/tasks        {:>8.0} admissions/s  p50 {:>6.1} ms  p99 {:>6.1} ms  ({} admitted, {errors} errors, {clients} clients, {tenants} tenants, {seconds}s)",
         rate,
         percentile(&lat, 0.50).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
