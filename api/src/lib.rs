@@ -58,13 +58,24 @@ pub struct AppState {
     pub fanout: Arc<events::Fanout>,
     /// Merges a tenant's concurrent single-task admissions.
     pub admissions: Arc<admission::Admissions>,
+    /// Permits for log followers (`api.max_log_followers`), each holding a Redis connection.
+    pub log_followers: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, queue: Queue, config: Config) -> Result<AppState, jsonwebtoken::errors::Error> {
         let auth = Arc::new(auth::AuthKeys::new(&config.auth)?);
         metrics::install();
-        Ok(AppState { pool, queue, auth, config: Arc::new(config), fanout: Arc::default(), admissions: Arc::default() })
+        let log_followers = Arc::new(tokio::sync::Semaphore::new(config.api.max_log_followers));
+        Ok(AppState {
+            pool,
+            queue,
+            auth,
+            config: Arc::new(config),
+            fanout: Arc::default(),
+            admissions: Arc::default(),
+            log_followers,
+        })
     }
 }
 

@@ -911,11 +911,20 @@ async fn logs(
     if !follow {
         return Ok(Json(json!({ "data": lines })).into_response());
     }
+    // Held by the stream until it ends: a bounded number of followers, each with its own
+    // Redis connection.
+    let permit = s.log_followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{} log followers already open (api.max_log_followers); retry later or read without follow",
+            s.config.api.max_log_followers
+        ))
+    })?;
     let reader = s.queue.dedicated(FOLLOW_BLOCK).await?;
     let pool = s.pool.clone();
     let first = futures::stream::iter(lines.into_iter().map(|l| Ok::<_, std::convert::Infallible>(format!("{l}\n"))));
     let rest = futures::stream::unfold((reader, last_id, ended), move |(reader, after, ended)| {
         let pool = pool.clone();
+        let _permit = &permit;
         async move {
             if ended {
                 return None;

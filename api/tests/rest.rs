@@ -6,7 +6,7 @@ mod common;
 use axum::http::StatusCode;
 use berth_api::bootstrap;
 use berth_api::rbac::{Access, ROUTES};
-use common::{Api, api, task};
+use common::{Api, api, api_with, task};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -575,7 +575,7 @@ async fn the_event_stream_carries_only_the_callers_tenant_and_resumes_after_last
 async fn logs_tail_and_follow_until_the_task_ends(pool: PgPool) {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let a = api(pool).await;
+    let a = api_with(pool, |c| c.api.max_log_followers = 1).await;
     let (alice, gina) = (token(&a, "alice", "alice-pw").await, token(&a, "gina", "gina-pw").await);
     let (_, v) = a.submit(&alice, task("chatty")).await;
     let id: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
@@ -599,6 +599,12 @@ async fn logs_tail_and_follow_until_the_task_ends(pool: PgPool) {
         .unwrap();
     let resp = a.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    // One follower at a time here (api.max_log_followers = 1): a second is refused while the
+    // first streams; reading without follow still works.
+    let (s, v) = a.call("GET", &format!("/v1/tasks/{id}/logs?follow=true"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let (s, _) = a.call("GET", &format!("/v1/tasks/{id}/logs"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
     let q = a.queue.clone();
     let writer = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -611,6 +617,9 @@ async fn logs_tail_and_follow_until_the_task_ends(pool: PgPool) {
     let text = String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap();
     assert_eq!(text, "line 5\nline 6\n");
     writer.await.unwrap();
+    // The ended stream gave its permit back.
+    let (s, _) = a.call("GET", &format!("/v1/tasks/{id}/logs?follow=true"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
 }
 
 #[sqlx::test(migrations = "../migrations")]

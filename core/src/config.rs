@@ -120,11 +120,18 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// 2 MiB: comfortably above any task spec, small enough that a flood cannot exhaust memory.
     pub body_limit_bytes: usize,
+    /// 256: log followers (`logs?follow=true`) open at once per API process. Each holds a
+    /// Redis connection of its own, so without a bound a client could exhaust Redis's.
+    pub max_log_followers: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), body_limit_bytes: 2 << 20 }
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 2 << 20,
+            max_log_followers: 256,
+        }
     }
 }
 
@@ -611,6 +618,9 @@ impl Config {
         }
         if self.api.body_limit_bytes < 1024 {
             bad("api.body_limit_bytes".into(), "must be at least 1024".into());
+        }
+        if self.api.max_log_followers == 0 {
+            bad("api.max_log_followers".into(), "must be at least 1".into());
         }
         if self.auth.jwt_secret.len() < 16 {
             bad("auth.jwt_secret".into(), "must be at least 16 characters".into());

@@ -33,9 +33,15 @@ pub fn redis_url() -> String {
 }
 
 pub async fn api(pool: PgPool) -> Api {
+    api_with(pool, |_| {}).await
+}
+
+/// The fixture with `tweak` applied to its configuration.
+pub async fn api_with(pool: PgPool, tweak: impl FnOnce(&mut Config)) -> Api {
     let mut config = Config::default();
     config.redis.partition = format!("test-{}", Uuid::new_v4().simple());
     config.api.body_limit_bytes = 64 * 1024;
+    tweak(&mut config);
     let queue = Queue::connect(&redis_url(), &config.redis.partition)
         .await
         .expect("Redis must be running (run `make services`)");
