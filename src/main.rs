@@ -26,7 +26,7 @@ struct Cli {
     role: Role,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq, Eq)]
 enum Role {
     /// Serve the REST API.
     Api,
@@ -38,10 +38,26 @@ enum Role {
     Dev,
     /// Create the database if missing and apply migrations.
     Migrate,
-    /// Check a configuration file and print the effective configuration.
+    /// Check a configuration file and print the effective configuration (`config check`).
+    #[command(hide = true)]
     CheckConfig,
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print where the scheduler would place one task on described nodes, and why (JSON).
+    Explain {
+        /// A JSON case: `{"nodes": [...], "task": {...}}` (see the README).
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// Print the API's OpenAPI document (the same as `GET /openapi.json`).
     Openapi,
+}
+
+#[derive(Subcommand, Clone, PartialEq, Eq)]
+enum ConfigCommand {
+    /// Validate FILE (with the environment's overrides) and print the effective configuration.
+    Check { file: PathBuf },
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -64,15 +80,22 @@ fn real_main() -> Result<()> {
         println!("{}", serde_json::to_string_pretty(berth_api::openapi::document()).context("printing the document")?);
         return Ok(());
     }
-    let path = cli.config.clone().or_else(|| {
-        let p = PathBuf::from("berth.toml");
-        p.exists().then_some(p)
-    });
+    let path = match &cli.role {
+        Role::Config(ConfigCommand::Check { file }) => Some(file.clone()),
+        _ => cli.config.clone().or_else(|| {
+            let p = PathBuf::from("berth.toml");
+            p.exists().then_some(p)
+        }),
+    };
     let config = Config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&config);
-    if cli.role == Role::CheckConfig {
-        println!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
-        return Ok(());
+    match &cli.role {
+        Role::CheckConfig | Role::Config(ConfigCommand::Check { .. }) => {
+            println!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
+            return Ok(());
+        }
+        Role::Explain { input } => return explain(&config, input),
+        _ => {}
     }
     // Every long-running role but dev refuses the public default, even roles that do not sign
     // tokens, so that a deployment cannot run half-configured.
@@ -84,6 +107,18 @@ fn real_main() -> Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli.role, config))
+}
+
+/// `berth explain`: the scheduler's decision for one task, with every node's verdict.
+fn explain(config: &Config, input: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let case: berth_scheduler::explain::ExplainInput =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid explain case", input.display()))?;
+    let (snapshot, task) = case.parse().map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    let profile = berth_policies::Profile::build(&config.scheduler.profile).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = berth_scheduler::explain::explain(&snapshot, &task, &profile);
+    println!("{}", serde_json::to_string_pretty(&out).context("printing the explanation")?);
+    Ok(())
 }
 
 fn init_logging(config: &Config) {
@@ -212,7 +247,9 @@ async fn run(role: Role, config: Config) -> Result<()> {
             run_executor(pool, queue, cluster, &config, &stop_rx).await
         }
         Role::Dev => run_dev(config, stop_rx).await,
-        Role::CheckConfig | Role::Openapi => unreachable!("handled before the runtime starts"),
+        Role::CheckConfig | Role::Config(_) | Role::Explain { .. } | Role::Openapi => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

@@ -171,13 +171,49 @@ fn a_bad_config_file_is_refused_with_the_key_path() {
     let path = d.logs.join("bad.toml");
     std::fs::write(&path, "[scheduler]\nbatch_size = 0\n[api]\nlisten = \"nowhere\"\n").unwrap();
     // (The deployment's own BERTH_API__LISTEN would override the file's value.)
-    let out = d.command("check-config").env_remove("BERTH_API__LISTEN").arg("--config").arg(&path).output().unwrap();
+    let out = d.command("config").env_remove("BERTH_API__LISTEN").arg("check").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.listen"), "{err}");
     std::fs::write(&path, "[scheduler]\nbatch_size = 0\n").unwrap();
-    let out = d.command("check-config").arg("--config").arg(&path).output().unwrap();
+    let out = d.command("config").arg("check").arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("scheduler.batch_size: must be between 1 and 10000"), "{err}");
     assert!(!err.contains("stack backtrace"), "{err}");
+    std::fs::write(&path, "[scheduler]\nbatch_size = 7\n").unwrap();
+    let out = d.command("config").arg("check").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("batch_size = 7"));
+}
+
+/// `berth explain` prints one JSON document for a good case and exits non-zero with the
+/// problem's place for a bad one, under the profile of the given config file.
+#[test]
+fn explain_prints_the_decision_and_refuses_bad_cases() {
+    let d = Deployment::new();
+    let (config, case) = (d.logs.join("least.toml"), d.logs.join("case.json"));
+    std::fs::write(&config, "[[scheduler.profile.scorers]]\nkind = \"resource_fit\"\nstrategy = \"least_allocated\"\n")
+        .unwrap();
+    std::fs::write(
+        &case,
+        r#"{"nodes": [{"name": "busy", "allocatable": {"cpu": "4", "memory": "16Gi"}, "requested": {"cpu": "3"}},
+                      {"name": "idle", "allocatable": {"cpu": "4", "memory": "16Gi"}}],
+            "task": {"resource_requests": {"cpu": "1", "memory": "1Gi"}}}"#,
+    )
+    .unwrap();
+    let out = d.command("explain").arg("--config").arg(&config).arg("--input").arg(&case).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    // least_allocated spreads: the idle node wins.
+    assert_eq!(v["selected"], "idle", "{v}");
+    assert_eq!(v["nodes"][1]["scores"]["resource_fit"], 84, "cpu 75, memory 93 → 84: {v}");
+    std::fs::write(&case, r#"{"nodes": [{"name": "n", "allocatable": {"cpu": "lots"}}], "task": {}}"#).unwrap();
+    let out = d.command("explain").arg("--input").arg(&case).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nodes[0].allocatable.cpu"), "{err}");
+    std::fs::write(&case, "{not json").unwrap();
+    let out = d.command("explain").arg("--input").arg(&case).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid explain case"));
 }

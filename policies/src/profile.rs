@@ -86,6 +86,12 @@ impl Profile {
         self.filters.iter().try_for_each(|f| f.check(task, node))
     }
 
+    /// Every filter that rejects `node`, in profile order (for explanations; the hot path
+    /// stops at the first).
+    pub fn unfit_all(&self, task: &SchedulingSpec, node: &NodeView) -> Vec<Unfit> {
+        self.filters.iter().filter_map(|f| f.check(task, node).err()).collect()
+    }
+
     /// The weighted total alone, without allocating: the hot path of ranking nodes.
     pub fn total(&self, task: &SchedulingSpec, node: &NodeView) -> u64 {
         self.scorers.iter().map(|(s, w)| s.score(task, node).min(MAX_NODE_SCORE) * w).sum()

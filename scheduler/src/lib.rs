@@ -2,6 +2,7 @@
 //!
 //! - [`decide`]: `decide(snapshot, candidates, profile) -> decisions`, pure and deterministic;
 //!   the worker, `berth explain` and the simulator all call it.
+//! - [`explain`]: `berth explain`: one task against described nodes, every node's verdict.
 //! - [`worker`]: [`worker::run`], one replica's loop: claim → refresh snapshot → decide →
 //!   reserve atomically (re-scoring on conflict) → hand back what did not bind.
 //!
@@ -9,6 +10,7 @@
 //! so racing replicas cannot over-commit a node; they only count a conflict and try again.
 
 pub mod decide;
+pub mod explain;
 pub mod worker;
 
 pub use decide::{Decision, decide};
