@@ -142,9 +142,18 @@ pub struct Scheduling {
     /// `ready`, `leased`, `delayed` (a retry backoff, or with a `reason`, no node fitted) or
     /// `bound`.
     queue_state: String,
-    /// Why it is not placed yet, from its last evaluation.
+    /// Why it is not placed yet, from its last evaluation: "0/12 nodes fit: 9 insufficient
+    /// nvidia.com/gpu, 3 node selector mismatch".
     reason: Option<String>,
     attempt: u32,
+    /// 1-based place among the tenant's ready tasks, when ready.
+    position: Option<u64>,
+    /// How many of the tenant's tasks are ready.
+    ready_in_tenant: u64,
+    /// When a delayed task is due again (end of its backoff, or its next evaluation).
+    due_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// One sentence: "waiting in the tenant's queue: 3 of 12", "in backoff until T", ...
+    why: String,
 }
 
 /// `POST /v1/tasks:batch`'s answer.

@@ -723,10 +723,39 @@ async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<Stri
     if task.status == TaskStatus::Pending.as_str() {
         // Best effort: a Redis hiccup must not fail a read of PostgreSQL's truth.
         if let Ok(Some(q)) = s.queue.task_state(id).await {
-            body["data"]["scheduling"] = json!({ "queue_state": q.state, "reason": q.reason, "attempt": q.attempt });
+            let at = s.queue.queue_position(&caller.tenant, id).await.unwrap_or_default();
+            body["data"]["scheduling"] = scheduling(&q, &at);
         }
     }
     Ok(Json(body))
+}
+
+/// Why a pending task is not running yet: its queue state, place and the last evaluation's
+/// reasons, with one sentence (`why`) saying it.
+fn scheduling(q: &berth_queue::TaskState, at: &berth_queue::QueuePosition) -> Value {
+    let due = at.due_ms.and_then(|ms| DateTime::<Utc>::from_timestamp_millis(ms as i64));
+    let due_text = due.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+    let why = match (q.state.as_str(), &q.reason) {
+        _ if at.suspended => "tenant suspended: its tasks wait until it is active again".to_owned(),
+        ("ready", _) => match at.position {
+            Some(p) => format!("waiting in the tenant's queue: {p} of {}", at.ready),
+            None => "waiting in the tenant's queue".to_owned(),
+        },
+        ("leased", _) => "being placed by a scheduler".to_owned(),
+        ("delayed", Some(r)) if !r.is_empty() => format!("{r}; evaluated again at {due_text}"),
+        ("delayed", _) => format!("in backoff until {due_text}"),
+        ("bound", _) => format!("placed on {}; waiting for the executor", q.node.as_deref().unwrap_or("a node")),
+        (other, _) => other.to_owned(),
+    };
+    json!({
+        "queue_state": q.state,
+        "reason": q.reason,
+        "attempt": q.attempt,
+        "position": at.position,
+        "ready_in_tenant": at.ready,
+        "due_at": due,
+        "why": why,
+    })
 }
 
 /// Cancels a live task: it ends `cancelled`, its quota and reservation are released, and its

@@ -726,3 +726,44 @@ async fn merged_admissions_give_each_request_its_own_answer(pool: PgPool) {
     assert_eq!(per_user.iter().map(|r| r.1).collect::<Vec<_>>(), vec![25, 25], "{per_user:?}");
     assert!(a.state.admissions.merged_transactions() > 0, "30 concurrent requests were merged at least once");
 }
+
+/// "Why pending": a ready task's place in its tenant's queue, an unschedulable one's reasons
+/// and next evaluation, a suspended tenant's hold.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_pending_task_says_why_it_waits(pool: PgPool) {
+    let a = api(pool).await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let mut ids = Vec::new();
+    for (name, priority) in [("low", 10), ("high", 90), ("mid", 50)] {
+        let mut body = task(name);
+        body["priority"] = json!(priority);
+        let (s, v) = a.submit(&alice, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        ids.push(v["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let scheduling = |id: String| {
+        let a = &a;
+        let alice = alice.clone();
+        async move { a.call("GET", &format!("/v1/tasks/{id}"), Some(&alice), None).await.1["data"]["scheduling"].clone() }
+    };
+    let low = scheduling(ids[0].clone()).await;
+    assert_eq!((low["position"].clone(), low["ready_in_tenant"].clone()), (json!(3), json!(3)), "{low}");
+    assert_eq!(low["why"], "waiting in the tenant's queue: 3 of 3");
+    assert_eq!(scheduling(ids[1].clone()).await["position"], 1, "priority first");
+
+    // A scheduler claims the high one and finds no node for it.
+    let claimed = a.queue.claim("test-scheduler", 1, std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(claimed[0].spec.task_id.to_string(), ids[1]);
+    assert_eq!(scheduling(ids[1].clone()).await["why"], "being placed by a scheduler");
+    let reason = "0/4 nodes fit: 4 insufficient nvidia.com/gpu";
+    let id: Uuid = ids[1].parse().unwrap();
+    a.queue.unlease(id, "test-scheduler", std::time::Duration::from_secs(60), reason).await.unwrap();
+    let high = scheduling(ids[1].clone()).await;
+    assert_eq!(high["queue_state"], "delayed");
+    assert!(high["why"].as_str().unwrap().starts_with(&format!("{reason}; evaluated again at ")), "{high}");
+    assert!(high["due_at"].is_string(), "{high}");
+    assert_eq!(scheduling(ids[0].clone()).await["why"], "waiting in the tenant's queue: 2 of 2");
+
+    a.queue.set_suspended("acme", true).await.unwrap();
+    assert!(scheduling(ids[2].clone()).await["why"].as_str().unwrap().starts_with("tenant suspended"));
+}

@@ -17,4 +17,4 @@ pub mod scripts;
 
 pub use error::QueueError;
 pub use keys::Keys;
-pub use queue::{Binding, ClaimedTask, LogEntry, Queue, ReserveOutcome, TaskEvent, TaskState};
+pub use queue::{Binding, ClaimedTask, LogEntry, Queue, QueuePosition, ReserveOutcome, TaskEvent, TaskState};

@@ -67,6 +67,20 @@ impl TaskState {
     const FIELDS: [&'static str; 4] = ["state", "node", "reason", "attempt"];
 }
 
+/// Where a queued task stands in its tenant's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueuePosition {
+    /// 1-based place among the tenant's ready tasks (in priority, then submission, order), if
+    /// it is ready.
+    pub position: Option<u64>,
+    /// How many of the tenant's tasks are ready.
+    pub ready: u64,
+    /// When a delayed task is due again (Unix ms): its backoff's end, or its next evaluation.
+    pub due_ms: Option<u64>,
+    /// The tenant is suspended: nothing of it is claimed until it is reactivated.
+    pub suspended: bool,
+}
+
 /// Log lines kept per task (approximately): enough for any tail a user asks for.
 pub const LOG_MAXLEN: usize = 10_000;
 /// How long a task's log outlives its last line.
@@ -411,6 +425,26 @@ impl Queue {
             redis::cmd("HGETALL").arg(self.keys.usage(tenant)).query_async(&mut self.conn.clone()).await?;
         let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
         Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
+    }
+
+    /// `task_id`'s place in `tenant`'s queue, in one round trip.
+    pub async fn queue_position(&self, tenant: &str, task_id: Uuid) -> Result<QueuePosition, QueueError> {
+        let id = task_id.to_string();
+        let (rank, ready, due, suspended): (Option<u64>, u64, Option<f64>, bool) = redis::pipe()
+            .cmd("ZRANK")
+            .arg(self.keys.ready(tenant))
+            .arg(&id)
+            .cmd("ZCARD")
+            .arg(self.keys.ready(tenant))
+            .cmd("ZSCORE")
+            .arg(self.keys.delayed())
+            .arg(&id)
+            .cmd("SISMEMBER")
+            .arg(self.keys.suspended())
+            .arg(tenant)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(QueuePosition { position: rank.map(|r| r + 1), ready, due_ms: due.map(|d| d.max(0.0) as u64), suspended })
     }
 
     /// What Redis knows of a task, if it is queued, leased, delayed or bound.
