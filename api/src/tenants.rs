@@ -127,6 +127,10 @@ async fn create(
     write_limits(&mut tx, tenant.id, &limits).await?;
     tx.commit().await?;
     tracing::info!(tenant = %tenant.name, "tenant created");
+    // The reconciler copies weights from PostgreSQL on its next pass should this fail.
+    if let Err(e) = s.queue.set_weight(&tenant.name, tenant.weight.max(1) as u32).await {
+        tracing::warn!(tenant = %tenant.name, error = %e, "could not publish the fair-share weight; the reconciler will");
+    }
     Ok((StatusCode::CREATED, Json(json!({ "data": tenant, "message": "Tenant created successfully" }))))
 }
 
@@ -219,6 +223,11 @@ async fn update(
     .bind(&req.status)
     .fetch_one(&s.pool)
     .await?;
+    if req.weight.is_some()
+        && let Err(e) = s.queue.set_weight(&t.name, t.weight.max(1) as u32).await
+    {
+        tracing::warn!(tenant = %t.name, error = %e, "could not publish the fair-share weight; the reconciler will");
+    }
     if req.status.is_some() {
         // The reconciler copies this from PostgreSQL on its next pass should this fail.
         if let Err(e) = s.queue.set_suspended(&t.name, t.status == "suspended").await {

@@ -308,7 +308,32 @@ fn default_fit_resources() -> BTreeMap<String, i64> {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OrderConfig {
     Priority,
+    /// Weighted dominant-resource fairness across tenants (progressive filling): the tenant
+    /// whose dominant share divided by its weight is lowest goes next.
+    Drf,
     Fifo,
+}
+
+/// How the claim script orders work across tenants, derived from the profile's `order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOrder {
+    /// Priority, then submission, over all tenants' tasks together.
+    Priority,
+    /// The tenant with the lowest weighted dominant share first; priority within a tenant.
+    Drf,
+    /// Priority first across tenants; among equal priorities, the lowest weighted dominant
+    /// share.
+    PriorityThenDrf,
+}
+
+impl ClaimOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimOrder::Priority => "priority",
+            ClaimOrder::Drf => "drf",
+            ClaimOrder::PriorityThenDrf => "priority_drf",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -744,9 +769,25 @@ fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigError>
 }
 
 impl ProfileConfig {
+    /// The cross-tenant order: `drf` before `priority` (or without it) puts fair share first;
+    /// after it, fair share breaks ties between equal priorities.
+    pub fn claim_order(&self) -> ClaimOrder {
+        let at = |o: OrderConfig| self.order.iter().position(|x| *x == o);
+        match (at(OrderConfig::Drf), at(OrderConfig::Priority)) {
+            (None, _) => ClaimOrder::Priority,
+            (Some(d), Some(p)) if p < d => ClaimOrder::PriorityThenDrf,
+            (Some(_), _) => ClaimOrder::Drf,
+        }
+    }
+
     /// Problems with the profile; paths are relative to the profile.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
+        for (i, o) in self.order.iter().enumerate() {
+            if self.order[..i].contains(o) {
+                errs.push(FieldError { path: format!("order[{i}]"), message: "order listed twice".into() });
+            }
+        }
         for (i, s) in self.scorers.iter().enumerate() {
             match s {
                 ScorerConfig::ResourceFit { weight, resources, .. } => {

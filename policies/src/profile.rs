@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use berth_core::config::{FilterConfig, OrderConfig, ProfileConfig, ScorerConfig};
+use berth_core::config::{ClaimOrder, FilterConfig, OrderConfig, ProfileConfig, ScorerConfig};
 use berth_core::{NodeView, SchedulingSpec};
 use thiserror::Error;
 
@@ -27,6 +27,7 @@ pub struct Profile {
     filters: Vec<Box<dyn NodeFilter>>,
     scorers: Vec<(Box<dyn NodeScorer>, u64)>,
     orders: Vec<Box<dyn QueueOrder>>,
+    claim_order: ClaimOrder,
 }
 
 impl std::fmt::Debug for Profile {
@@ -71,14 +72,29 @@ impl Profile {
         let orders = config
             .order
             .iter()
-            .map(|o| -> Box<dyn QueueOrder> {
+            .filter_map(|o| -> Option<Box<dyn QueueOrder>> {
                 match o {
-                    OrderConfig::Priority => Box::new(Priority),
-                    OrderConfig::Fifo => Box::new(Fifo),
+                    OrderConfig::Priority => Some(Box::new(Priority)),
+                    OrderConfig::Fifo => Some(Box::new(Fifo)),
+                    // Fair share needs every tenant's usage: the claim script orders by it,
+                    // atomically in Redis, and the batch keeps that order (see
+                    // `keeps_claim_order`).
+                    OrderConfig::Drf => None,
                 }
             })
             .collect();
-        Ok(Profile { filters, scorers, orders })
+        Ok(Profile { filters, scorers, orders, claim_order: config.claim_order() })
+    }
+
+    /// How the claim script orders work across tenants.
+    pub fn claim_order(&self) -> ClaimOrder {
+        self.claim_order
+    }
+
+    /// Whether a claimed batch is placed in the order it was claimed (fair share decided it)
+    /// rather than re-sorted by [`Profile::compare`].
+    pub fn keeps_claim_order(&self) -> bool {
+        self.claim_order != ClaimOrder::Priority
     }
 
     /// The first filter that rejects `node`, if any.

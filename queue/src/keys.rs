@@ -51,6 +51,14 @@ impl Keys {
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
     }
+    /// Hash: the cluster's schedulable capacity (cpu, mem, gpu), what fair share divides by.
+    pub fn capacity(&self) -> String {
+        format!("{}capacity", self.prefix)
+    }
+    /// Hash: tenant → fair-share weight (absent means 1).
+    pub fn weights(&self) -> String {
+        format!("{}weights", self.prefix)
+    }
     /// Hash: one node's allocatable, reserved, schedulable and labels/taints.
     pub fn node(&self, name: &str) -> String {
         format!("{}node:{name}", self.prefix)
@@ -104,6 +112,8 @@ mod tests {
             k.node("n"),
             k.nodes_version(),
             k.usage("t"),
+            k.capacity(),
+            k.weights(),
             k.bindings(),
             k.events(),
             k.leader("r"),

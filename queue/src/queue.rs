@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use berth_core::config::ClaimOrder;
 use berth_core::{ClusterSnapshot, NodeView, Resources, SchedulingSpec, Taint, TaskStatus};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -225,6 +226,19 @@ impl Queue {
 
     /// Promotes due work, then leases up to `batch` ready tasks to `owner` for `lease`.
     pub async fn claim(&self, owner: &str, batch: u32, lease: Duration) -> Result<Vec<ClaimedTask>, QueueError> {
+        self.claim_ordered(owner, batch, lease, ClaimOrder::Priority).await
+    }
+
+    /// [`Queue::claim`] with the cross-tenant order given: fair share (DRF) reads the
+    /// tenants' usage, weights and the cluster's capacity in the same script, so the order
+    /// is exact at the moment of the claim. Tasks come back in claim order.
+    pub async fn claim_ordered(
+        &self,
+        owner: &str,
+        batch: u32,
+        lease: Duration,
+        order: ClaimOrder,
+    ) -> Result<Vec<ClaimedTask>, QueueError> {
         let k = &self.keys;
         let flat: Vec<String> = SCRIPTS
             .claim
@@ -237,6 +251,7 @@ impl Queue {
             .arg(ms(lease).max(1))
             .arg(owner)
             .arg(MAX_PROMOTIONS)
+            .arg(order.as_str())
             .invoke_async(&mut self.conn.clone())
             .await?;
         flat.chunks_exact(4)
@@ -337,6 +352,36 @@ impl Queue {
         Ok(())
     }
 
+    /// Sets a tenant's fair-share weight.
+    pub async fn set_weight(&self, tenant: &str, weight: u32) -> Result<(), QueueError> {
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.keys.weights())
+            .arg(tenant)
+            .arg(weight)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces every tenant's weight (the reconciler copies them from PostgreSQL).
+    pub async fn replace_weights(&self, weights: &[(String, u32)]) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(self.keys.weights());
+        for (tenant, w) in weights {
+            pipe.hset(self.keys.weights(), tenant, *w);
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// The cluster's schedulable capacity as fair share sees it.
+    pub async fn capacity(&self) -> Result<Resources, QueueError> {
+        let h: HashMap<String, i64> =
+            redis::cmd("HGETALL").arg(self.keys.capacity()).query_async(&mut self.conn.clone()).await?;
+        let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
+        Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
+    }
+
     /// Replaces the set of suspended tenants (the reconciler copies it from PostgreSQL).
     pub async fn replace_suspended(&self, tenants: &[String]) -> Result<(), QueueError> {
         let key = self.keys.suspended();
@@ -359,6 +404,7 @@ impl Queue {
             .key(k.nodes())
             .key(k.node(&node.name))
             .key(k.nodes_version())
+            .key(k.capacity())
             .arg(&node.name)
             .arg(node.allocatable.cpu_millis)
             .arg(node.allocatable.memory_bytes)

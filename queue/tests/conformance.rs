@@ -300,3 +300,96 @@ async fn the_leader_lease_has_one_holder() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(t.0.hold_leader("r", "b", Duration::from_millis(200)).await.unwrap(), "an expired lease passes on");
 }
+
+fn sized(tenant: &str, cpu: u64, mem: u64) -> SchedulingSpec {
+    let mut s = spec(tenant, 0, cpu);
+    s.requests.memory_bytes = mem;
+    s
+}
+
+/// The cluster's capacity follows every node's allocatable while it is schedulable.
+#[tokio::test]
+async fn capacity_is_the_sum_of_schedulable_nodes() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("a", 4000, 1)).await.unwrap();
+    t.0.upsert_node(&node("b", 8000, 0)).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap(), Resources::new(12_000, 128 << 30, 1));
+    t.0.upsert_node(&node("b", 6000, 0)).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap().cpu_millis, 10_000);
+    let mut cordoned = node("a", 4000, 1);
+    cordoned.schedulable = false;
+    t.0.upsert_node(&cordoned).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap(), Resources::new(6000, 64 << 30, 0));
+    // Publishing the same facts again changes nothing.
+    t.0.upsert_node(&cordoned).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap(), Resources::new(6000, 64 << 30, 0));
+}
+
+/// The DRF paper's example (Ghodsi et al., 2011): 9 CPU and 18 GiB; A's tasks take 1 CPU and
+/// 4 GiB (memory-dominant), B's 3 CPU and 1 GiB (CPU-dominant). Progressive filling claims
+/// A, B, A, B, A: then both hold a dominant share of 2/3 and the CPU is gone.
+#[tokio::test]
+async fn fair_share_claims_in_progressive_filling_order() {
+    let t = TestQueue::new().await;
+    let mut n = node("n", 9000, 0);
+    n.allocatable.memory_bytes = 18 << 30;
+    t.0.upsert_node(&n).await.unwrap();
+    // A's tasks are all submitted first: FIFO would claim A's four before any of B's.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        let s = sized("a", 1000, 4 << 30);
+        t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+        a.push(s.task_id);
+    }
+    for _ in 0..6 {
+        let s = sized("b", 3000, 1 << 30);
+        t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+        b.push(s.task_id);
+    }
+    let fifo = t.0.claim_ordered("s", 5, LEASE, berth_core::config::ClaimOrder::Priority).await.unwrap();
+    assert!(fifo.iter().all(|c| c.spec.tenant == "a"), "priority order is global FIFO");
+    // Give the leases back and claim again with fair share.
+    for id in &a[..5] {
+        t.0.unlease(*id, "s", Duration::ZERO, "").await.unwrap();
+    }
+    let claimed = t.0.claim_ordered("s", 5, LEASE, berth_core::config::ClaimOrder::Drf).await.unwrap();
+    let tenants: Vec<String> = claimed.iter().map(|c| c.spec.tenant.clone()).collect();
+    assert_eq!(tenants, ["a", "b", "a", "b", "a"]);
+    // Reserved, the claims become usage: both tenants now hold a dominant share of 2/3.
+    for c in &claimed {
+        assert_eq!(t.0.reserve(&c.spec, "s", "n").await.unwrap(), ReserveOutcome::Bound);
+    }
+    // Weight 2 halves A's share (2/3 → 1/3): A is next, and stays ahead until it doubles B.
+    t.0.set_weight("a", 2).await.unwrap();
+    let next = t.0.claim_ordered("s", 3, LEASE, berth_core::config::ClaimOrder::Drf).await.unwrap();
+    let tenants: Vec<String> = next.iter().map(|c| c.spec.tenant.clone()).collect();
+    // a: 12/18 → /2 = 1/3; b: 6/9 = 2/3. a+1 → 16/18/2 = 0.44 < 2/3; a+2 → 20/18 → 0.55 < 2/3.
+    assert_eq!(tenants, ["a", "a", "a"]);
+}
+
+/// Priority first across tenants, fair share between equal priorities.
+#[tokio::test]
+async fn priority_then_fair_share_lets_priority_win_across_tenants() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n", 10_000, 0)).await.unwrap();
+    let busy = spec("busy", 0, 5000);
+    t.0.enqueue(&busy, Duration::ZERO).await.unwrap();
+    let c = t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(t.0.reserve(&c[0].spec, "s", "n").await.unwrap(), ReserveOutcome::Bound);
+    // busy holds half the cluster; idle holds nothing.
+    let urgent = spec("busy", 90, 100);
+    let (idle_low, busy_low) = (spec("idle", 10, 100), spec("busy", 10, 100));
+    for s in [&busy_low, &idle_low, &urgent] {
+        t.0.enqueue(s, Duration::ZERO).await.unwrap();
+    }
+    let order = |v: Vec<berth_queue::ClaimedTask>| v.into_iter().map(|c| c.spec.task_id).collect::<Vec<_>>();
+    let got = order(t.0.claim_ordered("s", 3, LEASE, berth_core::config::ClaimOrder::PriorityThenDrf).await.unwrap());
+    assert_eq!(got, [urgent.task_id, idle_low.task_id, busy_low.task_id]);
+    for id in &got {
+        t.0.unlease(*id, "s", Duration::ZERO, "").await.unwrap();
+    }
+    // Fair share first: the idle tenant goes before even the urgent task of the busy one.
+    let got = order(t.0.claim_ordered("s", 3, LEASE, berth_core::config::ClaimOrder::Drf).await.unwrap());
+    assert_eq!(got[0], idle_low.task_id);
+    assert_eq!(&got[1..], [urgent.task_id, busy_low.task_id], "priority within a tenant");
+}

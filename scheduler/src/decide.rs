@@ -61,7 +61,9 @@ pub fn summarize(total_nodes: usize, counts: &BTreeMap<String, usize>) -> String
 /// Decisions come back in queue order.
 pub fn decide(snapshot: &ClusterSnapshot, candidates: &[SchedulingSpec], profile: &Profile) -> Vec<Decision> {
     let mut order: Vec<&SchedulingSpec> = candidates.iter().collect();
-    order.sort_by(|a, b| profile.compare(a, b));
+    if !profile.keeps_claim_order() {
+        order.sort_by(|a, b| profile.compare(a, b));
+    }
     // Nodes this batch has placed on, with the placements assumed: a sparse overlay, so a
     // decision never copies the whole cluster.
     let mut assumed: HashMap<usize, NodeView> = HashMap::new();

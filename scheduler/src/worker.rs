@@ -82,7 +82,10 @@ pub async fn run(
 impl Replica {
     /// One cycle; returns how many tasks it claimed.
     async fn cycle(&mut self) -> Result<usize, QueueError> {
-        let claimed = self.queue.claim(&self.owner, self.config.batch_size, self.config.lease_ttl).await?;
+        let claimed = self
+            .queue
+            .claim_ordered(&self.owner, self.config.batch_size, self.config.lease_ttl, self.profile.claim_order())
+            .await?;
         self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         if claimed.is_empty() {
             return Ok(0);

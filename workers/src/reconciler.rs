@@ -67,6 +67,9 @@ pub async fn reconcile_once(pool: &PgPool, queue: &Queue, min_age: Duration) -> 
     let suspended: Vec<(String,)> =
         sqlx::query_as("select name from tenants where status = 'suspended'").fetch_all(pool).await?;
     queue.replace_suspended(&suspended.into_iter().map(|(n,)| n).collect::<Vec<_>>()).await?;
+    // So are the fair-share weights.
+    let weights: Vec<(String, i32)> = sqlx::query_as("select name, weight from tenants").fetch_all(pool).await?;
+    queue.replace_weights(&weights.into_iter().map(|(n, w)| (n, w.max(1) as u32)).collect::<Vec<_>>()).await?;
     // Terminal tasks still holding quota (their terminal write raced a crash of an older
     // version, or a manual edit) give it back.
     sqlx::query(berth_core::store::RELEASE_QUOTA).bind(None::<Uuid>).execute(pool).await?;

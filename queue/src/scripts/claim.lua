@@ -5,7 +5,10 @@
 -- KEYS[1] tenants set  KEYS[2] leases zset  KEYS[3] delayed zset  KEYS[4] suspended tenants set
 -- ARGV[1] key prefix ("berth:{p}:")  ARGV[2] batch size  ARGV[3] lease ms  ARGV[4] owner
 -- ARGV[5] max promotions this call
--- Returns a flat array: id, spec, seq, attempt, id, spec, seq, attempt, ...
+-- ARGV[6] cross-tenant order: 'priority' | 'drf' | 'priority_drf' (see ClaimOrder)
+-- Reads (derived from the prefix): ready:<tenant>, task:<id>, and for fair share capacity,
+-- usage:<tenant> and weights.
+-- Returns a flat array in claim order: id, spec, seq, attempt, id, spec, seq, attempt, ...
 local prefix = ARGV[1]
 local batch = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -33,36 +36,86 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
   end
 end
 
--- Take up to `batch` heads from every tenant, then the best `batch` of those by score.
-local heads = {}
+-- Up to `batch` heads from every claimable tenant, in the tenant's own (priority, seq) order.
+local tenants = {}
 for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('SISMEMBER', KEYS[4], tenant) == 0 then
     local r = redis.call('ZRANGE', prefix .. 'ready:' .. tenant, 0, batch - 1, 'WITHSCORES')
     if #r == 0 then
       redis.call('SREM', KEYS[1], tenant)
-    end
-    for i = 1, #r, 2 do
-      heads[#heads + 1] = { id = r[i], score = tonumber(r[i + 1]), tenant = tenant }
+    else
+      local heads = {}
+      for i = 1, #r, 2 do
+        heads[#heads + 1] = { id = r[i], score = tonumber(r[i + 1]) }
+      end
+      tenants[#tenants + 1] = { name = tenant, heads = heads, next = 1 }
     end
   end
 end
-table.sort(heads, function(a, b)
-  if a.score ~= b.score then return a.score < b.score end
-  return a.id < b.id
-end)
+table.sort(tenants, function(a, b) return a.name < b.name end)
+
+-- Fair share (DRF): a tenant's dominant share is the largest, over resources, of what it
+-- holds over the cluster's capacity, divided by its weight. Progressive filling: each pick
+-- goes to the lowest share, and the pick's reservation counts towards its tenant's share
+-- for the next pick.
+local mode = ARGV[6]
+local cap = {}
+if mode ~= 'priority' then
+  local c = redis.call('HMGET', prefix .. 'capacity', 'cpu', 'mem', 'gpu')
+  cap = { tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0 }
+  for _, t in ipairs(tenants) do
+    local u = redis.call('HMGET', prefix .. 'usage:' .. t.name, 'cpu', 'mem', 'gpu')
+    t.used = { tonumber(u[1]) or 0, tonumber(u[2]) or 0, tonumber(u[3]) or 0 }
+    local w = tonumber(redis.call('HGET', prefix .. 'weights', t.name))
+    if not w or w <= 0 then w = 1 end
+    t.weight = w
+  end
+end
+local function share(t)
+  local s = 0
+  for i = 1, 3 do
+    if cap[i] > 0 then
+      local x = t.used[i] / cap[i]
+      if x > s then s = x end
+    end
+  end
+  return s / t.weight
+end
+-- Whether tenant a's next head goes before tenant b's.
+local function before(a, b)
+  local ha, hb = a.heads[a.next], b.heads[b.next]
+  if mode == 'priority' then
+    if ha.score ~= hb.score then return ha.score < hb.score end
+    return ha.id < hb.id
+  end
+  if mode == 'priority_drf' then
+    -- The score's high part is 100 - priority (see enqueue).
+    local pa, pb = math.floor(ha.score / 17592186044416), math.floor(hb.score / 17592186044416)
+    if pa ~= pb then return pa < pb end
+  end
+  local sa, sb = share(a), share(b)
+  if sa ~= sb then return sa < sb end
+  if ha.score ~= hb.score then return ha.score < hb.score end
+  return a.name < b.name
+end
 
 local out = {}
 local taken = 0
-for i = 1, #heads do
-  if taken >= batch then break end
-  local h = heads[i]
-  local ready = prefix .. 'ready:' .. h.tenant
+while taken < batch do
+  local best = nil
+  for _, t in ipairs(tenants) do
+    if t.heads[t.next] and (best == nil or before(t, best)) then best = t end
+  end
+  if best == nil then break end
+  local h = best.heads[best.next]
+  best.next = best.next + 1
+  local ready = prefix .. 'ready:' .. best.name
   local task = prefix .. 'task:' .. h.id
   redis.call('ZREM', ready, h.id)
   if redis.call('ZCARD', ready) == 0 then
-    redis.call('SREM', KEYS[1], h.tenant)
+    redis.call('SREM', KEYS[1], best.name)
   end
-  local f = redis.call('HMGET', task, 'spec', 'seq', 'attempt')
+  local f = redis.call('HMGET', task, 'spec', 'seq', 'attempt', 'cpu', 'mem', 'gpu')
   -- A ready entry whose hash is gone (partial data loss) is dropped, not leased: leasing
   -- would create a partial hash that blocks the reconciler's re-enqueue.
   if f[1] then
@@ -73,6 +126,11 @@ for i = 1, #heads do
     out[#out + 1] = f[2]
     out[#out + 1] = f[3]
     taken = taken + 1
+    if best.used then
+      best.used[1] = best.used[1] + (tonumber(f[4]) or 0)
+      best.used[2] = best.used[2] + (tonumber(f[5]) or 0)
+      best.used[3] = best.used[3] + (tonumber(f[6]) or 0)
+    end
   end
 end
 return out
