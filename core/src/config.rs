@@ -258,6 +258,7 @@ impl Default for ProfileConfig {
                 FilterConfig::Taints,
             ],
             scorers: vec![ScorerConfig::ResourceFit {
+                shape: Vec::new(),
                 weight: 1,
                 strategy: FitStrategy::MostAllocated,
                 resources: BTreeMap::from([("cpu".into(), 1), ("memory".into(), 1), (GPU_RESOURCE.into(), 3)]),
@@ -281,16 +282,42 @@ pub enum FilterConfig {
 pub enum FitStrategy {
     LeastAllocated,
     MostAllocated,
+    /// Score by a piecewise-linear function (`shape`) of each resource's utilization.
+    RequestedToCapacityRatio,
+}
+
+/// One point of a requested-to-capacity-ratio shape: utilization 0–100 (percent) → score 0–10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapePoint {
+    pub utilization: i64,
+    pub score: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScorerConfig {
+    /// kube-scheduler's NodeResourcesFit score.
     ResourceFit {
         #[serde(default = "one")]
         weight: u32,
         strategy: FitStrategy,
         /// Per-resource weights, kube-scheduler's `resources` argument; default cpu=1, memory=1.
+        #[serde(default = "default_fit_resources")]
+        resources: BTreeMap<String, i64>,
+        /// For `requested_to_capacity_ratio` only: utilization → score points, increasing in
+        /// utilization (e.g. `[{utilization = 0, score = 0}, {utilization = 100, score = 10}]`
+        /// bin-packs).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shape: Vec<ShapePoint>,
+    },
+    /// kube-scheduler's NodeResourcesBalancedAllocation: prefers nodes whose resources stay
+    /// evenly used.
+    BalancedAllocation {
+        #[serde(default = "one")]
+        weight: u32,
+        /// The resources balanced, each with weight 1 (as upstream requires); default cpu and
+        /// memory.
         #[serde(default = "default_fit_resources")]
         resources: BTreeMap<String, i64>,
     },
@@ -790,7 +817,72 @@ impl ProfileConfig {
         }
         for (i, s) in self.scorers.iter().enumerate() {
             match s {
-                ScorerConfig::ResourceFit { weight, resources, .. } => {
+                ScorerConfig::BalancedAllocation { weight, resources } => {
+                    if !(1..=100).contains(weight) {
+                        errs.push(FieldError {
+                            path: format!("scorers[{i}].weight"),
+                            message: "must be between 1 and 100".into(),
+                        });
+                    }
+                    if resources.is_empty() {
+                        errs.push(FieldError {
+                            path: format!("scorers[{i}].resources"),
+                            message: "must name at least one resource".into(),
+                        });
+                    }
+                    for (name, w) in resources {
+                        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
+                            errs.push(FieldError {
+                                path: format!("scorers[{i}].resources.{name:?}"),
+                                message: format!("unknown resource (expected cpu, memory or {GPU_RESOURCE})"),
+                            });
+                        }
+                        // ValidateNodeResourcesBalancedAllocationArgs: every weight is 1.
+                        if *w != 1 {
+                            errs.push(FieldError {
+                                path: format!("scorers[{i}].resources.{name:?}"),
+                                message: "weight must be 1".into(),
+                            });
+                        }
+                    }
+                }
+                ScorerConfig::ResourceFit { weight, resources, strategy, shape } => {
+                    // kube-scheduler's validateFunctionShape.
+                    match (strategy, shape.is_empty()) {
+                        (FitStrategy::RequestedToCapacityRatio, true) => errs.push(FieldError {
+                            path: format!("scorers[{i}].shape"),
+                            message: "at least one point must be specified".into(),
+                        }),
+                        (FitStrategy::RequestedToCapacityRatio, false) => {
+                            if let Some(j) =
+                                (1..shape.len()).find(|&j| shape[j - 1].utilization >= shape[j].utilization)
+                            {
+                                errs.push(FieldError {
+                                    path: format!("scorers[{i}].shape[{j}].utilization"),
+                                    message: "values must be sorted in increasing order".into(),
+                                });
+                            }
+                            for (j, p) in shape.iter().enumerate() {
+                                if !(0..=100).contains(&p.utilization) {
+                                    errs.push(FieldError {
+                                        path: format!("scorers[{i}].shape[{j}].utilization"),
+                                        message: "not in valid range [0, 100]".into(),
+                                    });
+                                }
+                                if !(0..=10).contains(&p.score) {
+                                    errs.push(FieldError {
+                                        path: format!("scorers[{i}].shape[{j}].score"),
+                                        message: "not in valid range [0, 10]".into(),
+                                    });
+                                }
+                            }
+                        }
+                        (_, false) => errs.push(FieldError {
+                            path: format!("scorers[{i}].shape"),
+                            message: "only the requested_to_capacity_ratio strategy takes a shape".into(),
+                        }),
+                        (_, true) => {}
+                    }
                     if !(1..=100).contains(weight) {
                         errs.push(FieldError {
                             path: format!("scorers[{i}].weight"),
@@ -885,6 +977,68 @@ order = [{ kind = "priority" }]
         )
         .unwrap();
         assert_eq!(c.scheduler.profile.filters.len(), 3);
+    }
+
+    /// The scorers' arguments are validated as kube-scheduler validates NodeResourcesFitArgs
+    /// and NodeResourcesBalancedAllocationArgs (weights 1..=100, or exactly 1; shapes with
+    /// points strictly increasing in utilization 0..=100 and scores 0..=10), and the drf
+    /// order parses and decides the claim order.
+    #[test]
+    fn scorer_arguments_and_orders_are_validated_like_upstream() {
+        let errors = |scorers: &str| -> Vec<String> {
+            let text = format!("[scheduler.profile]\nscorers = [{scorers}]\n");
+            match Config::from_toml_str(&text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.errors.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+            }
+        };
+        let ok = r#"{ kind = "resource_fit", strategy = "requested_to_capacity_ratio", shape = [{ utilization = 0, score = 0 }, { utilization = 100, score = 10 }] }, { kind = "balanced_allocation", weight = 2 }"#;
+        assert_eq!(errors(ok), Vec::<String>::new());
+        for (scorer, want) in [
+            (
+                r#"{ kind = "resource_fit", strategy = "least_allocated", resources = { memory = -1, cpu = 1 } }"#,
+                r#"scheduler.profile.scorers[0].resources."memory": weight must be between 1 and 100"#,
+            ),
+            (
+                r#"{ kind = "resource_fit", strategy = "least_allocated", resources = { memory = 1, cpu = 0 } }"#,
+                r#"scheduler.profile.scorers[0].resources."cpu": weight must be between 1 and 100"#,
+            ),
+            (
+                r#"{ kind = "resource_fit", strategy = "most_allocated", resources = { memory = 101 } }"#,
+                r#"scheduler.profile.scorers[0].resources."memory": weight must be between 1 and 100"#,
+            ),
+            (
+                r#"{ kind = "resource_fit", strategy = "requested_to_capacity_ratio" }"#,
+                "scheduler.profile.scorers[0].shape: at least one point must be specified",
+            ),
+            (
+                r#"{ kind = "resource_fit", strategy = "requested_to_capacity_ratio", shape = [{ utilization = 50, score = 1 }, { utilization = 50, score = 2 }] }"#,
+                "scheduler.profile.scorers[0].shape[1].utilization: values must be sorted in increasing order",
+            ),
+            (
+                r#"{ kind = "resource_fit", strategy = "requested_to_capacity_ratio", shape = [{ utilization = 101, score = 11 }] }"#,
+                "scheduler.profile.scorers[0].shape[0].score: not in valid range [0, 10]",
+            ),
+            (
+                r#"{ kind = "resource_fit", strategy = "most_allocated", shape = [{ utilization = 0, score = 0 }] }"#,
+                "scheduler.profile.scorers[0].shape: only the requested_to_capacity_ratio strategy takes a shape",
+            ),
+            (
+                r#"{ kind = "balanced_allocation", resources = { cpu = 2 } }"#,
+                r#"scheduler.profile.scorers[0].resources."cpu": weight must be 1"#,
+            ),
+        ] {
+            let got = errors(scorer);
+            assert!(got.iter().any(|e| e == want), "{scorer}\n  want {want}\n  got {got:?}");
+        }
+        let order = |o: &str| {
+            Config::from_toml_str(&format!("[scheduler.profile]\norder = {o}\n"))
+                .map(|c| c.scheduler.profile.claim_order())
+        };
+        assert_eq!(order(r#"[{ kind = "drf" }, { kind = "priority" }]"#).unwrap(), ClaimOrder::Drf);
+        assert_eq!(order(r#"[{ kind = "priority" }, { kind = "drf" }]"#).unwrap(), ClaimOrder::PriorityThenDrf);
+        assert_eq!(order(r#"[{ kind = "priority" }, { kind = "fifo" }]"#).unwrap(), ClaimOrder::Priority);
+        assert!(order(r#"[{ kind = "drf" }, { kind = "drf" }]"#).is_err(), "an order listed twice");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::filter::{NodeFilter, NodeSchedulable, NodeSelector, ResourcesFit, Taints, Unfit};
 use crate::order::{self, Fifo, Priority, QueueOrder};
-use crate::score::{MAX_NODE_SCORE, NodeScorer, ResourceFit};
+use crate::score::{BalancedAllocation, MAX_NODE_SCORE, NodeScorer, ResourceFit};
 
 #[derive(Debug, Error)]
 pub enum ProfileError {
@@ -63,8 +63,11 @@ impl Profile {
             .iter()
             .map(|s| -> (Box<dyn NodeScorer>, u64) {
                 match s {
-                    ScorerConfig::ResourceFit { weight, strategy, resources } => {
-                        (Box::new(ResourceFit::new(*strategy, resources)), u64::from(*weight))
+                    ScorerConfig::ResourceFit { weight, strategy, resources, shape } => {
+                        (Box::new(ResourceFit::new(*strategy, resources, shape)), u64::from(*weight))
+                    }
+                    ScorerConfig::BalancedAllocation { weight, resources } => {
+                        (Box::new(BalancedAllocation::new(resources)), u64::from(*weight))
                     }
                 }
             })
@@ -168,6 +171,7 @@ mod tests {
             weight: 1,
             strategy: berth_core::config::FitStrategy::LeastAllocated,
             resources: [("disk".to_string(), 1)].into(),
+            shape: vec![],
         }];
         assert!(Profile::build(&c).is_err());
     }
