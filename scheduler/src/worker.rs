@@ -75,7 +75,16 @@ pub async fn run(
             }
         }
     }
-    info!(owner = %replica.owner, "scheduler stopped");
+    let st = &replica.stats;
+    info!(
+        owner = %replica.owner,
+        cycles = st.cycles.load(Ordering::Relaxed),
+        bound = st.bound.load(Ordering::Relaxed),
+        conflicts = st.conflicts.load(Ordering::Relaxed),
+        unschedulable = st.unschedulable.load(Ordering::Relaxed),
+        lease_lost = st.lease_lost.load(Ordering::Relaxed),
+        "scheduler stopped"
+    );
     Ok(())
 }
 
