@@ -106,7 +106,7 @@ fn real_main() -> Result<()> {
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(cli.role, config))
+    runtime.block_on(run(cli.role, config, path))
 }
 
 /// `berth explain`: the scheduler's decision for one task, with every node's verdict.
@@ -156,6 +156,59 @@ async fn signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The scheduler section, reloaded from `path` on SIGHUP and when the file changes (checked
+/// every second). A file that does not load or validate is logged and ignored: the running
+/// section stays until a good one arrives. The worker swaps sections between cycles.
+fn watch_scheduler_config(
+    path: Option<PathBuf>,
+    initial: berth_core::config::SchedulerConfig,
+) -> watch::Receiver<berth_core::config::SchedulerConfig> {
+    let (tx, rx) = watch::channel(initial);
+    let Some(path) = path else { return rx };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "no SIGHUP handler; the scheduler section reloads on file changes only");
+                return;
+            }
+        };
+        let mut seen = modified(&path);
+        loop {
+            #[cfg(unix)]
+            let signalled = tokio::select! {
+                _ = hup.recv() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            };
+            #[cfg(not(unix))]
+            let signalled = {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            };
+            let now = modified(&path);
+            if !signalled && now == seen {
+                continue;
+            }
+            seen = now;
+            match Config::load(Some(&path)) {
+                Ok(c) if c.scheduler == *tx.borrow() => info!(path = %path.display(), "configuration unchanged"),
+                Ok(c) => {
+                    info!(path = %path.display(), version = %c.scheduler.version(), "scheduler section reloaded; applying");
+                    if tx.send(c.scheduler).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "configuration refused, keeping the running one: {e}")
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// A shutdown future per role, all fired by one signal.
@@ -214,7 +267,7 @@ async fn migrate(config: &Config) -> Result<PgPool> {
     Ok(pool)
 }
 
-async fn run(role: Role, config: Config) -> Result<()> {
+async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         signal().await;
@@ -238,8 +291,9 @@ async fn run(role: Role, config: Config) -> Result<()> {
         Role::Scheduler => {
             let queue = connect_redis(&config).await?;
             let stats = Arc::new(berth_scheduler::SchedulerStats::default());
-            berth_scheduler::run(config.scheduler, queue, instance_name("scheduler"), stats, shutdown_future(&stop_rx))
-                .await?;
+            let configs = watch_scheduler_config(path, config.scheduler.clone());
+            let owner = instance_name("scheduler");
+            berth_scheduler::run_reloading(configs, queue, owner, stats, shutdown_future(&stop_rx)).await?;
             Ok(())
         }
         Role::Executor => {

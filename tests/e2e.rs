@@ -355,3 +355,74 @@ async fn three_scheduler_processes_bind_every_task_once_even_when_one_is_killed(
          survivors counted {conflicts} conflicts"
     );
 }
+
+/// A running `berth scheduler` takes a changed config file within seconds and on SIGHUP,
+/// refuses a bad one while keeping the running policy, and reports the version it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_reloads_its_policy_and_keeps_the_last_good_one() {
+    let mut d = Deployment::new();
+    let queue = Queue::connect(&redis_url(), &d.partition).await.unwrap();
+    let path = d.logs.join("berth.toml");
+    let section =
+        |strategy: &str| format!("[[scheduler.profile.scorers]]\nkind = \"resource_fit\"\nstrategy = \"{strategy}\"\n");
+    std::fs::write(&path, section("most_allocated")).unwrap();
+    let out = std::fs::File::create(d.logs.join("scheduler.log")).unwrap();
+    let child =
+        d.command("scheduler").arg("--config").arg(&path).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
+    d.children.push(("scheduler".into(), child));
+    // The strategy and version the replica reports running.
+    let reported = |q: Queue| async move {
+        let r = q.policy_reports(Duration::from_secs(60)).await.unwrap();
+        r.first().map(|r| {
+            (r.config["profile"]["scorers"][0]["strategy"].as_str().unwrap_or("").to_owned(), r.version.clone())
+        })
+    };
+    let wait_for = |want: &'static str, d: &Deployment| {
+        let (q, logs) = (queue.clone(), d.logs.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some((strategy, version)) = reported(q.clone()).await
+                    && strategy == want
+                {
+                    return version;
+                }
+                let log = std::fs::read_to_string(logs.join("scheduler.log")).unwrap_or_default();
+                assert!(Instant::now() < deadline, "the scheduler never reported {want}\n{log}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = wait_for("most_allocated", &d).await;
+
+    // A changed file is picked up by itself, as a new version.
+    std::fs::write(&path, section("least_allocated")).unwrap();
+    let second = wait_for("least_allocated", &d).await;
+    assert_ne!(first, second);
+
+    // A bad file is refused: the running policy stays, and the log says why.
+    std::fs::write(&path, "[scheduler]\nbatch_size = 0\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(reported(queue.clone()).await, Some(("least_allocated".to_owned(), second.clone())));
+    let log = std::fs::read_to_string(d.logs.join("scheduler.log")).unwrap();
+    assert!(log.contains("configuration refused") && log.contains("scheduler.batch_size"), "{log}");
+
+    // SIGHUP reloads at once. The new file gets the old one's modification time back, so
+    // only the signal can be what notices it.
+    let seen = std::fs::metadata(&path).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+    std::fs::write(
+        &path,
+        section("requested_to_capacity_ratio")
+            + "shape = [{ utilization = 0, score = 0 }, { utilization = 100, score = 10 }]\n",
+    )
+    .unwrap();
+    let stamp = format!("@{}.{:09}", seen.as_secs(), seen.subsec_nanos());
+    assert!(std::process::Command::new("touch").args(["-m", "-d", &stamp]).arg(&path).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reported(queue.clone()).await.unwrap().0, "least_allocated", "no reload without the signal");
+    let pid = d.children[0].1.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let third = wait_for("requested_to_capacity_ratio", &d).await;
+    assert_ne!(third, second);
+    assert!(d.children[0].1.try_wait().unwrap().is_none(), "SIGHUP does not stop the scheduler");
+}

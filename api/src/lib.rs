@@ -7,6 +7,7 @@
 //! - [`tasks`]: `POST /v1/tasks`, `GET /v1/tasks`, `GET /v1/tasks/{id}`.
 //! - [`admission`]: concurrent admissions of a tenant merged into shared transactions.
 //! - [`tenants`]: tenants and their quotas (platform admins).
+//! - [`admin`]: `GET /v1/admin/policy`, the scheduling policy each scheduler replica runs.
 //! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
 //! - [`volumes`]: a tenant's persistent volumes.
 //! - [`events`]: `GET /v1/events`, Server-Sent Events of the tenant's task changes.
@@ -17,6 +18,7 @@
 //!
 //! Start at [`router`]; [`serve`] runs it on a listener until shutdown.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod bootstrap;
@@ -94,7 +96,8 @@ pub fn router(state: AppState) -> Router {
                 .merge(tenants::router())
                 .merge(users::router())
                 .merge(volumes::router())
-                .merge(events::router()),
+                .merge(events::router())
+                .merge(admin::router()),
         )
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), rbac::enforce))

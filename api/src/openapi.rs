@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use crate::rbac::{Access, access_of};
-use crate::{auth, events, health, metrics, tasks, tenants, users, volumes};
+use crate::{admin, auth, events, health, metrics, tasks, tenants, users, volumes};
 use serde_json::Value;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -41,6 +41,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         tenants::create, tenants::list, tenants::get_one, tenants::update, tenants::delete,
         tenants::get_quotas, tenants::put_quotas,
         users::create, users::list, users::get_one, users::update, users::delete,
+        admin::policy,
     ),
     components(schemas(
         Error, crate::error::FieldError, Pagination, Message,
@@ -217,6 +218,43 @@ pub struct QuotaLine {
 pub struct QuotaResponse {
     data: BTreeMap<String, QuotaLine>,
     message: Option<String>,
+}
+
+/// `GET /v1/admin/policy`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PolicyResponse {
+    data: Policy,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Policy {
+    /// The scheduler section this API process was configured with.
+    configured: PolicyVersion,
+    /// Each live scheduler replica's report.
+    schedulers: Vec<ReplicaPolicy>,
+    /// Whether every replica runs the configured version.
+    consistent: bool,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PolicyVersion {
+    version: String,
+    #[schema(value_type = Object)]
+    config: Value,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReplicaPolicy {
+    replica: String,
+    version: String,
+    loaded_at: Option<chrono::DateTime<chrono::Utc>>,
+    seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[schema(value_type = Object)]
+    config: Value,
 }
 
 #[derive(ToSchema)]

@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/users/{id}", Access::TenantAdmin),
     ("PATCH", "/v1/users/{id}", Access::TenantAdmin),
     ("DELETE", "/v1/users/{id}", Access::TenantAdmin),
+    ("GET", "/v1/admin/policy", Access::PlatformAdmin),
 ];
 
 /// The level `method path` requires, if the route is known.

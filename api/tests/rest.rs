@@ -767,3 +767,35 @@ async fn a_pending_task_says_why_it_waits(pool: PgPool) {
     a.queue.set_suspended("acme", true).await.unwrap();
     assert!(scheduling(ids[2].clone()).await["why"].as_str().unwrap().starts_with("tenant suspended"));
 }
+
+/// `GET /v1/admin/policy`: the live scheduler replicas' reported versions beside the
+/// configured one; a report not refreshed in time (a dead replica) is dropped.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_admin_policy_lists_each_live_replicas_version(pool: PgPool) {
+    let a = api(pool).await;
+    let admin = token(&a, "admin", "admin").await;
+    let configured = a.state.config.scheduler.version();
+    let now = chrono::Utc::now().timestamp_millis();
+    let report = |replica: &str, version: &str, seen: i64| berth_queue::PolicyReport {
+        replica: replica.into(),
+        version: version.into(),
+        loaded_at_ms: now - 60_000,
+        seen_at_ms: seen,
+        config: json!({}),
+    };
+    a.queue.report_policy(&report("s-1", &configured, now)).await.unwrap();
+    a.queue.report_policy(&report("s-dead", "0123456789abcdef", now - 600_000)).await.unwrap();
+    let (s, v) = a.call("GET", "/v1/admin/policy", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["configured"]["version"], configured.as_str());
+    assert_eq!(v["data"]["configured"]["config"]["batch_size"], 64);
+    let replicas = v["data"]["schedulers"].as_array().unwrap();
+    assert_eq!(replicas.len(), 1, "the stale report is dropped: {v}");
+    assert_eq!(replicas[0]["replica"], "s-1");
+    assert_eq!(v["data"]["consistent"], true);
+    a.queue.report_policy(&report("s-2", "fedcba9876543210", now)).await.unwrap();
+    let (_, v) = a.call("GET", "/v1/admin/policy", Some(&admin), None).await;
+    assert_eq!(v["data"]["consistent"], false, "one replica runs another version: {v}");
+    let alice = token(&a, "alice", "alice-pw").await;
+    assert_eq!(a.call("GET", "/v1/admin/policy", Some(&alice), None).await.0, StatusCode::FORBIDDEN);
+}

@@ -224,6 +224,20 @@ pub struct SchedulerConfig {
     pub profile: ProfileConfig,
 }
 
+impl SchedulerConfig {
+    /// A short, stable fingerprint of the whole section (FNV-1a over its canonical TOML), so
+    /// replicas can report which policy they run and operators can compare them.
+    pub fn version(&self) -> String {
+        let text = toml::to_string(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {

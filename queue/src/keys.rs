@@ -55,6 +55,10 @@ impl Keys {
     pub fn capacity(&self) -> String {
         format!("{}capacity", self.prefix)
     }
+    /// Hash: scheduler replica → the policy it runs (JSON), refreshed while it lives.
+    pub fn schedulers(&self) -> String {
+        format!("{}schedulers", self.prefix)
+    }
     /// Hash: tenant → fair-share weight (absent means 1).
     pub fn weights(&self) -> String {
         format!("{}weights", self.prefix)
@@ -114,6 +118,7 @@ mod tests {
             k.usage("t"),
             k.capacity(),
             k.weights(),
+            k.schedulers(),
             k.bindings(),
             k.events(),
             k.leader("r"),

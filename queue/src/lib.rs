@@ -17,4 +17,7 @@ pub mod scripts;
 
 pub use error::QueueError;
 pub use keys::Keys;
-pub use queue::{Binding, ClaimedTask, LogEntry, Queue, QueuePosition, ReserveOutcome, TaskEvent, TaskState};
+pub use queue::{
+    Binding, ClaimedTask, LogEntry, POLICY_REPORT_EVERY, POLICY_REPORT_MAX_AGE, PolicyReport, Queue, QueuePosition,
+    ReserveOutcome, TaskEvent, TaskState,
+};

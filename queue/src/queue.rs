@@ -68,6 +68,25 @@ impl TaskState {
     const FIELDS: [&'static str; 4] = ["state", "node", "reason", "attempt"];
 }
 
+/// How often a scheduler replica refreshes its [`PolicyReport`].
+pub const POLICY_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Reports older than this are a replica that died: readers drop them.
+pub const POLICY_REPORT_MAX_AGE: Duration = Duration::from_secs(45);
+
+/// Which scheduling policy a scheduler replica runs, as it reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub replica: String,
+    /// [`berth_core::config::SchedulerConfig::version`] of the section it runs.
+    pub version: String,
+    /// When it loaded that section (Unix ms).
+    pub loaded_at_ms: i64,
+    /// When it last reported (Unix ms); reports older than the reader's limit are dropped.
+    pub seen_at_ms: i64,
+    /// The scheduler section itself.
+    pub config: serde_json::Value,
+}
+
 /// Where a queued task stands in its tenant's queue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QueuePosition {
@@ -350,6 +369,42 @@ impl Queue {
         let cmd = if suspended { "SADD" } else { "SREM" };
         let _: i64 = redis::cmd(cmd).arg(self.keys.suspended()).arg(tenant).query_async(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    /// Records (or refreshes) the policy a scheduler replica runs.
+    pub async fn report_policy(&self, report: &PolicyReport) -> Result<(), QueueError> {
+        let json = serde_json::to_string(report).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.keys.schedulers())
+            .arg(&report.replica)
+            .arg(json)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// A replica stopping cleanly withdraws its report.
+    pub async fn withdraw_policy(&self, replica: &str) -> Result<(), QueueError> {
+        let _: i64 =
+            redis::cmd("HDEL").arg(self.keys.schedulers()).arg(replica).query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// The live replicas' reports, by replica name; reports not refreshed within `max_age`
+    /// (a replica that died) are removed.
+    pub async fn policy_reports(&self, max_age: Duration) -> Result<Vec<PolicyReport>, QueueError> {
+        let all: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(self.keys.schedulers()).query_async(&mut self.conn.clone()).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut live = Vec::new();
+        for (replica, json) in all {
+            match serde_json::from_str::<PolicyReport>(&json) {
+                Ok(r) if now - r.seen_at_ms <= max_age.as_millis() as i64 => live.push(r),
+                _ => self.withdraw_policy(&replica).await?,
+            }
+        }
+        live.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(live)
     }
 
     /// Sets a tenant's fair-share weight.

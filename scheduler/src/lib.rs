@@ -14,4 +14,4 @@ pub mod explain;
 pub mod worker;
 
 pub use decide::{Decision, decide};
-pub use worker::{SchedulerStats, run};
+pub use worker::{SchedulerStats, run, run_reloading};

@@ -3,13 +3,14 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_core::config::SchedulerConfig;
 use berth_core::{ClusterSnapshot, SchedulingSpec};
 use berth_policies::Profile;
-use berth_queue::{Queue, QueueError, ReserveOutcome};
+use berth_queue::{PolicyReport, Queue, QueueError, ReserveOutcome};
 use thiserror::Error;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::decide::{Decision, decide};
@@ -52,11 +53,50 @@ pub async fn run(
     stats: Arc<SchedulerStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SchedulerError> {
+    let (_keep, rx) = watch::channel(config);
+    run_reloading(rx, queue, owner, stats, shutdown).await
+}
+
+/// [`run`], taking each new scheduler section sent on `configs` between two cycles: the
+/// profile is rebuilt first, and a section that does not build is refused (logged) while the
+/// last good one keeps running. The replica reports the version it runs to Redis (read by
+/// `GET /v1/admin/policy`) and as the `berth_scheduler_policy_info` metric.
+pub async fn run_reloading(
+    mut configs: watch::Receiver<SchedulerConfig>,
+    queue: Queue,
+    owner: String,
+    stats: Arc<SchedulerStats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SchedulerError> {
+    let config = configs.borrow_and_update().clone();
     let profile = Profile::build(&config.profile)?;
-    info!(%owner, ?profile, "scheduler started");
+    info!(%owner, version = %config.version(), ?profile, "scheduler started");
     let mut replica = Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), stats };
+    let mut loaded_at = chrono::Utc::now().timestamp_millis();
+    let mut reported: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        if configs.has_changed().unwrap_or(false) {
+            let next = configs.borrow_and_update().clone();
+            match Profile::build(&next.profile) {
+                Ok(profile) => {
+                    let (old, new) = (replica.config.version(), next.version());
+                    metrics::gauge!("berth_scheduler_policy_info", "replica" => replica.owner.clone(), "version" => old.clone()).set(0.0);
+                    replica.profile = profile;
+                    replica.config = next;
+                    loaded_at = chrono::Utc::now().timestamp_millis();
+                    reported = None;
+                    info!(owner = %replica.owner, from = %old, to = %new, profile = ?replica.profile, "scheduling policy reloaded");
+                }
+                Err(e) => {
+                    warn!(owner = %replica.owner, error = %e, "new scheduling policy refused; keeping the running one")
+                }
+            }
+        }
+        if reported.is_none_or(|t| t.elapsed() >= berth_queue::POLICY_REPORT_EVERY) {
+            replica.report(loaded_at).await;
+            reported = Some(Instant::now());
+        }
         let idle = tokio::select! {
             _ = &mut shutdown => break,
             r = replica.cycle() => match r {
@@ -75,6 +115,7 @@ pub async fn run(
             }
         }
     }
+    let _ = replica.queue.withdraw_policy(&replica.owner).await;
     let st = &replica.stats;
     info!(
         owner = %replica.owner,
@@ -89,6 +130,24 @@ pub async fn run(
 }
 
 impl Replica {
+    /// Tells Redis and the metrics which policy this replica runs. Best effort: a Redis
+    /// hiccup must not stop scheduling.
+    async fn report(&self, loaded_at_ms: i64) {
+        let version = self.config.version();
+        metrics::gauge!("berth_scheduler_policy_info", "replica" => self.owner.clone(), "version" => version.clone())
+            .set(1.0);
+        let report = PolicyReport {
+            replica: self.owner.clone(),
+            version,
+            loaded_at_ms,
+            seen_at_ms: chrono::Utc::now().timestamp_millis(),
+            config: serde_json::to_value(&self.config).unwrap_or_default(),
+        };
+        if let Err(e) = self.queue.report_policy(&report).await {
+            warn!(owner = %self.owner, error = %e, "could not report the scheduling policy");
+        }
+    }
+
     /// One cycle; returns how many tasks it claimed.
     async fn cycle(&mut self) -> Result<usize, QueueError> {
         let claimed = self
