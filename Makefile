@@ -6,7 +6,7 @@ CARGO ?= cargo
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export BERTH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: dev test services build lint fmt bench bench-admission clean
+.PHONY: dev test services build lint fmt bench bench-admission bench-placement clean
 
 ## Bring berth up on the simulated cluster (all roles in one process).
 dev: services
@@ -35,8 +35,13 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
+## The criterion benches, then the placement harness's summary table.
+bench: bench-placement
 	$(CARGO) bench -p berth-bench
+
+## decide() per scorer at 1k/10k/100k nodes beside best-fit and random-64, and packing quality.
+bench-placement:
+	$(CARGO) run --release -p berth-bench --bin placement
 
 ## The admission harness: POST /v1/tasks rate and latency, batch tasks/s (needs the services).
 bench-admission: services

@@ -106,6 +106,13 @@ impl BrokenLinear {
     }
 }
 
+/// `a × 100 / c` truncated, for `0 <= a`, `0 < c`: in i64 when `a × 100` fits (every real
+/// amount), in i128 otherwise, where upstream's int64 would overflow.
+#[inline]
+fn percent(a: i64, c: i64) -> i64 {
+    if a <= i64::MAX / MAX { a * MAX / c } else { (i128::from(a) * i128::from(MAX) / i128::from(c)) as i64 }
+}
+
 /// Upstream's `scaledUtilization`: `requested × 100 / capacity`, truncated, without overflow.
 fn scaled_utilization(requested: i64, capacity: i64) -> i64 {
     if capacity <= 0 || requested <= 0 {
@@ -114,14 +121,14 @@ fn scaled_utilization(requested: i64, capacity: i64) -> i64 {
     if requested >= capacity {
         return MAX;
     }
-    (i128::from(requested) * i128::from(MAX) / i128::from(capacity)) as i64
+    percent(requested, capacity)
 }
 
 fn least_requested(requested: i64, capacity: i64) -> i64 {
     if capacity == 0 || requested > capacity {
         return 0;
     }
-    ((i128::from(capacity - requested) * i128::from(MAX)) / i128::from(capacity)) as i64
+    percent(capacity - requested, capacity)
 }
 
 fn most_requested(requested: i64, capacity: i64) -> i64 {
@@ -129,7 +136,7 @@ fn most_requested(requested: i64, capacity: i64) -> i64 {
         return 0;
     }
     // Requests with defaults may exceed capacity; upstream clamps.
-    ((i128::from(requested.min(capacity)) * i128::from(MAX)) / i128::from(capacity)) as i64
+    percent(requested.min(capacity), capacity)
 }
 
 fn weights_of(weights: &BTreeMap<String, i64>) -> Vec<(ResourceName, i64)> {

@@ -73,7 +73,8 @@ pub fn decide(snapshot: &ClusterSnapshot, candidates: &[SchedulingSpec], profile
         // Best so far: (total, index); the tie-break is hashed only when totals tie.
         let mut best: Option<(u64, usize)> = None;
         for (i, original) in snapshot.nodes.iter().enumerate() {
-            let node = assumed.get(&i).unwrap_or(original);
+            // Most nodes are untouched by the batch: skip hashing for them.
+            let node = if assumed.is_empty() { original } else { assumed.get(&i).unwrap_or(original) };
             match profile.filter(task, node) {
                 Err(unfit) => *counts.entry(unfit.reason).or_default() += 1,
                 Ok(()) => {

@@ -1,0 +1,179 @@
+//! The placement harness (issue 4's benchmarks): one decision at a time through the real
+//! `decide()`, for each scorer, at 1,000, 10,000 and 100,000 nodes, beside two references in
+//! the same run: an exact best-fit scan over every node (the speed limit of looking at every
+//! node) and random sampling of 64 nodes (the cheap peer). Then bin-packing quality: nodes in
+//! use after placing a stream of tasks on an empty cluster, every node scored vs sampling.
+//!
+//! `cargo run --release -p berth-bench --bin placement [-- DECISIONS QUALITY_TASKS]`
+//! (`make bench-placement`). Prints one table; single-threaded; ratios within one run are
+//! what to compare on a shared machine.
+
+use std::time::{Duration, Instant};
+
+use berth_bench::{SplitMix, best_fit, cluster, tasks};
+use berth_core::config::{Config, FitStrategy, ProfileConfig, ScorerConfig, ShapePoint};
+use berth_core::{ClusterSnapshot, NodeView, SchedulingSpec};
+use berth_policies::Profile;
+use berth_scheduler::{Decision, decide};
+
+fn profiles() -> Vec<(&'static str, ProfileConfig)> {
+    let base = Config::default().scheduler.profile;
+    let with = |scorer: ScorerConfig| ProfileConfig { scorers: vec![scorer], ..base.clone() };
+    let cpu_mem = || [("cpu".to_string(), 1), ("memory".to_string(), 1)].into();
+    vec![
+        ("default (most_allocated)", base.clone()),
+        (
+            "least_allocated",
+            with(ScorerConfig::ResourceFit {
+                weight: 1,
+                strategy: FitStrategy::LeastAllocated,
+                resources: cpu_mem(),
+                shape: vec![],
+            }),
+        ),
+        (
+            "requested_to_capacity_ratio",
+            with(ScorerConfig::ResourceFit {
+                weight: 1,
+                strategy: FitStrategy::RequestedToCapacityRatio,
+                resources: cpu_mem(),
+                shape: vec![ShapePoint { utilization: 0, score: 0 }, ShapePoint { utilization: 100, score: 10 }],
+            }),
+        ),
+        ("balanced_allocation", with(ScorerConfig::BalancedAllocation { weight: 1, resources: cpu_mem() })),
+    ]
+}
+
+/// Random sampling: the best-scoring fitting node among 64 drawn at random (the cheap peer).
+fn sample_64<'a>(
+    snap: &'a ClusterSnapshot,
+    task: &SchedulingSpec,
+    profile: &Profile,
+    r: &mut SplitMix,
+) -> Option<&'a NodeView> {
+    let n = snap.nodes.len() as u64;
+    let mut best: Option<(u64, &NodeView)> = None;
+    for _ in 0..64 {
+        let node = &snap.nodes[r.range(0, n - 1) as usize];
+        if profile.filter(task, node).is_ok() {
+            let s = profile.total(task, node);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, node));
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+struct Timing {
+    mean: Duration,
+    p99: Duration,
+}
+
+fn time(n: usize, mut f: impl FnMut(usize)) -> Timing {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f(i);
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let mean = lat.iter().sum::<Duration>() / n as u32;
+    Timing { mean, p99: lat[(n * 99 / 100).min(n - 1)] }
+}
+
+fn row(what: &str, nodes: usize, t: &Timing) {
+    let rate = 1.0 / t.mean.as_secs_f64();
+    println!(
+        "| {what:<36} | {nodes:>7} | {:>10.1} µs | {:>10.1} µs | {:>12.0} |",
+        t.mean.as_secs_f64() * 1e6,
+        t.p99.as_secs_f64() * 1e6,
+        rate
+    );
+}
+
+/// Places `work` one by one on an empty copy of `snap` with `choose`, and counts nodes in use.
+fn nodes_in_use(
+    snap: &ClusterSnapshot,
+    work: &[SchedulingSpec],
+    mut choose: impl FnMut(&ClusterSnapshot, &SchedulingSpec) -> Option<usize>,
+) -> (usize, usize) {
+    let mut s = snap.clone();
+    for n in &mut s.nodes {
+        n.requested = Default::default();
+    }
+    let mut placed = 0;
+    for t in work {
+        if let Some(i) = choose(&s, t) {
+            s.nodes[i].requested = s.nodes[i].requested.saturating_add(&t.reservation());
+            placed += 1;
+        }
+    }
+    (s.nodes.iter().filter(|n| !n.requested.is_zero()).count(), placed)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let decisions: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let quality_tasks: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let work = tasks(4096, 11);
+    println!("Single decisions (one task against the whole cluster, nodes 0-80% full), {decisions} per row:\n");
+    println!(
+        "| {:<36} | {:>7} | {:>13} | {:>13} | {:>12} |",
+        "profile / reference", "nodes", "mean", "p99", "decisions/s"
+    );
+    println!("|{:-<38}|{:->9}|{:->15}|{:->15}|{:->14}|", "", "", "", "", "");
+    for nodes in [1_000usize, 10_000, 100_000] {
+        let snap = cluster(nodes, 7);
+        // Fewer decisions at 100k nodes: each looks at every node.
+        let n = if nodes >= 100_000 { (decisions / 10).max(50) } else { decisions };
+        for (name, config) in profiles() {
+            let profile = Profile::build(&config).unwrap();
+            let t = time(n, |i| {
+                std::hint::black_box(decide(&snap, std::slice::from_ref(&work[i % work.len()]), &profile));
+            });
+            row(name, nodes, &t);
+        }
+        let t = time(n, |i| {
+            std::hint::black_box(best_fit(&snap, &work[i % work.len()]));
+        });
+        row("reference: exact best-fit scan", nodes, &t);
+        let profile = Profile::build(&Config::default().scheduler.profile).unwrap();
+        let mut r = SplitMix::new(5);
+        let t = time(n, |i| {
+            std::hint::black_box(sample_64(&snap, &work[i % work.len()], &profile, &mut r));
+        });
+        row("reference: random 64 nodes", nodes, &t);
+    }
+
+    println!(
+        "\nBin-packing quality: {quality_tasks} tasks placed one by one on an empty 10,000-node cluster (fewer nodes in use is better):\n"
+    );
+    let snap = cluster(10_000, 7);
+    let stream = tasks(quality_tasks, 23);
+    let profile = Profile::build(&Config::default().scheduler.profile).unwrap();
+    let by_name: std::collections::HashMap<String, usize> =
+        snap.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+    let index_of = |_: &ClusterSnapshot, name: &str| by_name.get(name).copied();
+    let started = Instant::now();
+    let (full, placed_full) =
+        nodes_in_use(&snap, &stream, |s, t| match decide(s, std::slice::from_ref(t), &profile).remove(0) {
+            Decision::Place { node, .. } => index_of(s, &node),
+            Decision::Unschedulable { .. } => None,
+        });
+    let full_time = started.elapsed();
+    let mut r = SplitMix::new(9);
+    let (sampled, placed_sampled) =
+        nodes_in_use(&snap, &stream, |s, t| sample_64(s, t, &profile, &mut r).and_then(|n| index_of(s, &n.name)));
+    let (bf, placed_bf) = nodes_in_use(&snap, &stream, |s, t| best_fit(s, t).and_then(|n| index_of(s, &n.name)));
+    println!("| {:<36} | {:>13} | {:>9} |", "placement", "nodes in use", "placed");
+    println!("|{:-<38}|{:->15}|{:->11}|", "", "", "");
+    println!("| {:<36} | {full:>13} | {placed_full:>9} |", "berth, every node scored");
+    println!("| {:<36} | {sampled:>13} | {placed_sampled:>9} |", "random 64 nodes, same scorer");
+    println!("| {:<36} | {bf:>13} | {placed_bf:>9} |", "exact best-fit (least CPU left)");
+    println!(
+        "\nsampling uses {:+.1}% nodes vs scoring every node; the full-scoring run took {:.1} s",
+        (sampled as f64 / full as f64 - 1.0) * 100.0,
+        full_time.as_secs_f64()
+    );
+}
