@@ -140,8 +140,8 @@ pub struct TaskDoc {
 #[derive(ToSchema, serde::Serialize)]
 #[allow(dead_code)]
 pub struct Scheduling {
-    /// `ready`, `leased`, `delayed` (a retry backoff, or with a `reason`, no node fitted) or
-    /// `bound`.
+    /// `ready`, `leased`, `parked` (no node fitted: see `reason`), `delayed` (a retry's
+    /// backoff) or `bound`.
     queue_state: String,
     /// Why it is not placed yet, from its last evaluation: "0/12 nodes fit: 9 insufficient
     /// nvidia.com/gpu, 3 node selector mismatch".

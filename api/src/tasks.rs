@@ -742,6 +742,7 @@ fn scheduling(q: &berth_queue::TaskState, at: &berth_queue::QueuePosition) -> Va
             None => "waiting in the tenant's queue".to_owned(),
         },
         ("leased", _) => "being placed by a scheduler".to_owned(),
+        ("parked", Some(r)) => format!("{r}; evaluated again when capacity changes, at the latest {due_text}"),
         ("delayed", Some(r)) if !r.is_empty() => format!("{r}; evaluated again at {due_text}"),
         ("delayed", _) => format!("in backoff until {due_text}"),
         ("bound", _) => format!("placed on {}; waiting for the executor", q.node.as_deref().unwrap_or("a node")),

@@ -757,10 +757,11 @@ async fn a_pending_task_says_why_it_waits(pool: PgPool) {
     assert_eq!(scheduling(ids[1].clone()).await["why"], "being placed by a scheduler");
     let reason = "0/4 nodes fit: 4 insufficient nvidia.com/gpu";
     let id: Uuid = ids[1].parse().unwrap();
-    a.queue.unlease(id, "test-scheduler", std::time::Duration::from_secs(60), reason).await.unwrap();
+    a.queue.park(id, "test-scheduler", reason, std::time::Duration::from_secs(60)).await.unwrap();
     let high = scheduling(ids[1].clone()).await;
-    assert_eq!(high["queue_state"], "delayed");
-    assert!(high["why"].as_str().unwrap().starts_with(&format!("{reason}; evaluated again at ")), "{high}");
+    assert_eq!(high["queue_state"], "parked");
+    let want = format!("{reason}; evaluated again when capacity changes, at the latest ");
+    assert!(high["why"].as_str().unwrap().starts_with(&want), "{high}");
     assert!(high["due_at"].is_string(), "{high}");
     assert_eq!(scheduling(ids[0].clone()).await["why"], "waiting in the tenant's queue: 2 of 2");
 

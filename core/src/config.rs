@@ -218,9 +218,10 @@ pub struct SchedulerConfig {
     /// 3: how many times a placement that lost a race for a node is re-scored and retried
     /// within one cycle before the task goes back to ready.
     pub max_conflict_retries: u32,
-    /// 1s: how long a task that fits nowhere waits before it is evaluated again.
+    /// 60s: a task that fits nowhere is evaluated again when the cluster's capacity changes
+    /// (a task ends, a node is added or changes), and otherwise only after this long.
     #[serde(with = "humantime_serde")]
-    pub unschedulable_backoff: Duration,
+    pub unschedulable_max_wait: Duration,
     pub profile: ProfileConfig,
 }
 
@@ -245,7 +246,7 @@ impl Default for SchedulerConfig {
             lease_ttl: Duration::from_secs(30),
             idle_wait: Duration::from_millis(50),
             max_conflict_retries: 3,
-            unschedulable_backoff: Duration::from_secs(1),
+            unschedulable_max_wait: Duration::from_secs(60),
             profile: ProfileConfig::default(),
         }
     }
@@ -733,8 +734,8 @@ impl Config {
         if s.max_conflict_retries > 100 {
             bad("scheduler.max_conflict_retries".into(), "must be at most 100".into());
         }
-        if s.unschedulable_backoff.is_zero() {
-            bad("scheduler.unschedulable_backoff".into(), "must be positive".into());
+        if s.unschedulable_max_wait < Duration::from_millis(10) {
+            bad("scheduler.unschedulable_max_wait".into(), "must be at least 10ms".into());
         }
         for e in s.profile.validate() {
             bad(format!("scheduler.profile.{}", e.path), e.message);

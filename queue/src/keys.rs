@@ -47,6 +47,15 @@ impl Keys {
     pub fn delayed(&self) -> String {
         format!("{}delayed", self.prefix)
     }
+    /// Sorted set: tasks no node fitted, by the end of their backoff (ms).
+    pub fn parked(&self) -> String {
+        format!("{}parked", self.prefix)
+    }
+    /// Counter: bumped whenever capacity may have grown (a release, a node change), so parked
+    /// tasks are looked at again.
+    pub fn capacity_epoch(&self) -> String {
+        format!("{}capacity_epoch", self.prefix)
+    }
     /// Set: names of the nodes in the ledger.
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
@@ -119,6 +128,8 @@ mod tests {
             k.capacity(),
             k.weights(),
             k.schedulers(),
+            k.parked(),
+            k.capacity_epoch(),
             k.bindings(),
             k.events(),
             k.leader("r"),

@@ -335,6 +335,26 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Parks a claimed task no node fits, with `reason`: it is claimed again at the next
+    /// change of the cluster's capacity (a release, a node change), or after `max_wait`;
+    /// while nothing changes it is not looked at again. False when the lease was no longer
+    /// ours.
+    pub async fn park(&self, task_id: Uuid, owner: &str, reason: &str, max_wait: Duration) -> Result<bool, QueueError> {
+        let k = &self.keys;
+        let n: i64 = SCRIPTS
+            .park
+            .key(k.task(task_id))
+            .key(k.leases())
+            .key(k.parked())
+            .arg(task_id.to_string())
+            .arg(owner)
+            .arg(reason)
+            .arg(ms(max_wait).max(1))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
     /// The task is done for good: release its reservation and usage and forget it.
     pub async fn finish(&self, task_id: Uuid) -> Result<bool, QueueError> {
         self.release(task_id, "finish", 0, Duration::ZERO).await
@@ -460,6 +480,7 @@ impl Queue {
             .key(k.node(&node.name))
             .key(k.nodes_version())
             .key(k.capacity())
+            .key(k.capacity_epoch())
             .arg(&node.name)
             .arg(node.allocatable.cpu_millis)
             .arg(node.allocatable.memory_bytes)
@@ -531,7 +552,8 @@ impl Queue {
     /// `task_id`'s place in `tenant`'s queue, in one round trip.
     pub async fn queue_position(&self, tenant: &str, task_id: Uuid) -> Result<QueuePosition, QueueError> {
         let id = task_id.to_string();
-        let (rank, ready, due, suspended): (Option<u64>, u64, Option<f64>, bool) = redis::pipe()
+        type Row = (Option<u64>, u64, Option<f64>, bool, Option<u64>);
+        let (rank, ready, due, suspended, parked_until): Row = redis::pipe()
             .cmd("ZRANK")
             .arg(self.keys.ready(tenant))
             .arg(&id)
@@ -543,9 +565,14 @@ impl Queue {
             .cmd("SISMEMBER")
             .arg(self.keys.suspended())
             .arg(tenant)
+            .cmd("HGET")
+            .arg(self.keys.task(task_id))
+            .arg("parked_until")
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(QueuePosition { position: rank.map(|r| r + 1), ready, due_ms: due.map(|d| d.max(0.0) as u64), suspended })
+        // A parked task is due at the latest when its max wait ends.
+        let due = due.map(|d| d.max(0.0) as u64).or(parked_until);
+        Ok(QueuePosition { position: rank.map(|r| r + 1), ready, due_ms: due, suspended })
     }
 
     /// What Redis knows of a task, if it is queued, leased, delayed or bound.

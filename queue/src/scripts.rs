@@ -9,6 +9,7 @@ pub struct Scripts {
     pub claim: Script,
     pub reserve: Script,
     pub unlease: Script,
+    pub park: Script,
     pub release: Script,
     pub upsert_node: Script,
 }
@@ -18,6 +19,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     claim: Script::new(include_str!("scripts/claim.lua")),
     reserve: Script::new(include_str!("scripts/reserve.lua")),
     unlease: Script::new(include_str!("scripts/unlease.lua")),
+    park: Script::new(include_str!("scripts/park.lua")),
     release: Script::new(include_str!("scripts/release.lua")),
     upsert_node: Script::new(include_str!("scripts/upsert_node.lua")),
 });

@@ -393,3 +393,49 @@ async fn priority_then_fair_share_lets_priority_win_across_tenants() {
     assert_eq!(got[0], idle_low.task_id);
     assert_eq!(&got[1..], [urgent.task_id, busy_low.task_id], "priority within a tenant");
 }
+
+/// A task no node fits is parked: it is not claimed again while nothing changes, however
+/// often schedulers claim; a node change or a release brings it back at once; after its max
+/// wait it comes back regardless; and a finished task leaves the parked set.
+#[tokio::test]
+async fn a_parked_task_waits_for_a_capacity_change_not_a_timer() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n", 1000, 0)).await.unwrap();
+    let big = spec("a", 0, 4000);
+    t.0.enqueue(&big, Duration::ZERO).await.unwrap();
+    let park = |max: Duration| {
+        let q = t.0.clone();
+        async move {
+            let c = q.claim("s", 10, LEASE).await.unwrap();
+            assert_eq!(c.len(), 1, "claimable");
+            assert!(q.park(c[0].spec.task_id, "s", "0/1 nodes fit: 1 insufficient cpu", max).await.unwrap());
+        }
+    };
+    park(Duration::from_secs(60)).await;
+    assert_eq!(t.0.task_state(big.task_id).await.unwrap().unwrap().state, "parked");
+    for _ in 0..5 {
+        assert!(t.0.claim("s", 10, LEASE).await.unwrap().is_empty(), "no change, no new look");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Capacity changes (a node is added): claimable again at once.
+    t.0.upsert_node(&node("m", 8000, 0)).await.unwrap();
+    park(Duration::from_secs(60)).await;
+    // A release of another task's reservation is a change too.
+    let small = spec("b", 0, 100);
+    t.0.enqueue(&small, Duration::ZERO).await.unwrap();
+    let c = t.0.claim("s", 10, LEASE).await.unwrap();
+    assert_eq!(c.len(), 1, "only the small task is claimable");
+    assert_eq!(t.0.reserve(&c[0].spec, "s", "m").await.unwrap(), ReserveOutcome::Bound);
+    t.0.finish(small.task_id).await.unwrap();
+    park(Duration::from_millis(300)).await;
+    // With nothing changing, the max wait (300 ms) brings it back anyway.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(t.0.claim("s", 10, LEASE).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(t.0.claim("s", 10, LEASE).await.unwrap().len(), 1, "the max wait ended");
+    // A finished (cancelled) parked task is never claimed again.
+    t.0.park(big.task_id, "s", "still too big", Duration::from_secs(60)).await.unwrap();
+    t.0.finish(big.task_id).await.unwrap();
+    t.0.upsert_node(&node("z", 8000, 0)).await.unwrap();
+    assert!(t.0.claim("s", 10, LEASE).await.unwrap().is_empty(), "a finished task is never claimed");
+}

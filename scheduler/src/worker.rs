@@ -204,7 +204,7 @@ impl Replica {
                     self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("berth_scheduler_unschedulable_total").increment(1);
                     debug!(task = %spec.task_id, %reason, "unschedulable");
-                    self.queue.unlease(spec.task_id, &self.owner, self.config.unschedulable_backoff, reason).await?;
+                    self.queue.park(spec.task_id, &self.owner, reason, self.config.unschedulable_max_wait).await?;
                     return Ok(());
                 }
                 Decision::Place { node, .. } => node.clone(),

@@ -56,18 +56,14 @@ fn task(tenant: &str, cpu: u64, mem: u64) -> SchedulingSpec {
 }
 
 fn config(order: Vec<OrderConfig>) -> SchedulerConfig {
-    let mut c = SchedulerConfig {
-        batch_size: 8,
-        idle_wait: Duration::from_millis(10),
-        unschedulable_backoff: Duration::from_millis(50),
-        ..SchedulerConfig::default()
-    };
+    let mut c = SchedulerConfig { batch_size: 8, idle_wait: Duration::from_millis(10), ..SchedulerConfig::default() };
     c.profile.order = order;
     c
 }
 
-/// Runs one scheduler replica until `done` says so (or 60 s), then stops it.
-async fn run_scheduler(queue: &Queue, config: SchedulerConfig, done: impl AsyncFn() -> bool) {
+/// Runs one scheduler replica until `done` says so (or 60 s), then stops it; returns its
+/// unschedulable verdicts.
+async fn run_scheduler(queue: &Queue, config: SchedulerConfig, done: impl AsyncFn() -> bool) -> u64 {
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let stats = Arc::new(SchedulerStats::default());
     let replica = tokio::spawn(berth_scheduler::run(config, queue.clone(), "fair".into(), stats.clone(), async move {
@@ -86,6 +82,7 @@ async fn run_scheduler(queue: &Queue, config: SchedulerConfig, done: impl AsyncF
         stats.unschedulable.load(Ordering::Relaxed),
         stats.conflicts.load(Ordering::Relaxed)
     );
+    stats.unschedulable.load(Ordering::Relaxed)
 }
 
 /// Tasks bound per tenant, counted from the tenants' usage.
@@ -112,9 +109,13 @@ async fn the_drf_papers_example_runs_three_of_a_and_two_of_b() {
             queue.enqueue(&task("b", 3000, 1 << 30), Duration::ZERO).await.unwrap();
         }
         let settled = Instant::now();
-        run_scheduler(&queue, config(order.clone()), async || settled.elapsed() > Duration::from_secs(2)).await;
+        let verdicts =
+            run_scheduler(&queue, config(order.clone()), async || settled.elapsed() > Duration::from_secs(2)).await;
         let got = (running(&queue, "a", 1000).await, running(&queue, "b", 3000).await);
         assert_eq!(got, expect, "order {order:?}: (A, B) running");
+        // Once full, nothing changes: each of the 15 tasks that do not fit is judged once and
+        // parked, not re-evaluated on a timer for the remaining two seconds.
+        assert!(verdicts <= 20, "{verdicts} unschedulable verdicts: a hot loop");
     }
 }
 
@@ -132,19 +133,19 @@ async fn weighted_shares_hold_two_to_one_under_a_steady_stream() {
     queue.ensure_binding_group().await.unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-    // The feeder keeps 60 tasks queued per tenant; the finisher ends each bound task after
-    // 0.8–1.2 s (its "run"), which frees its slot for the next claim.
+    // The feeder keeps 80 tasks per tenant outstanding (queued or running); the finisher
+    // ends each bound task after 0.8–1.2 s (its "run"), which frees its slot.
+    let outstanding = Arc::new(std::sync::Mutex::new(HashMap::<Uuid, &'static str>::new()));
     let feeder = {
-        let (queue, stop) = (queue.clone(), stop.clone());
+        let (queue, stop, outstanding) = (queue.clone(), stop.clone(), outstanding.clone());
         tokio::spawn(async move {
-            let mut queued: HashMap<&str, u64> = HashMap::from([("a", 0), ("b", 0)]);
             while !stop.load(Ordering::Relaxed) {
                 for tenant in ["a", "b"] {
-                    let depth =
-                        queue.ready_depths().await.unwrap().into_iter().find(|d| d.0 == tenant).map_or(0, |d| d.1);
-                    for _ in depth..60 {
-                        queue.enqueue(&task(tenant, 1000, 1 << 30), Duration::ZERO).await.unwrap();
-                        *queued.get_mut(tenant).unwrap() += 1;
+                    let have = outstanding.lock().unwrap().values().filter(|t| **t == tenant).count();
+                    for _ in have..80 {
+                        let t = task(tenant, 1000, 1 << 30);
+                        outstanding.lock().unwrap().insert(t.task_id, tenant);
+                        queue.enqueue(&t, Duration::ZERO).await.unwrap();
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -154,18 +155,19 @@ async fn weighted_shares_hold_two_to_one_under_a_steady_stream() {
     let finisher = {
         // Its own connection: a blocking read on the shared one would stall the scheduler's.
         let reader = queue.dedicated(Duration::from_millis(20)).await.unwrap();
-        let (queue, stop) = (queue.clone(), stop.clone());
+        let (queue, stop, outstanding) = (queue.clone(), stop.clone(), outstanding.clone());
         tokio::spawn(async move {
             let mut n: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 for b in reader.read_bindings("finisher", 100, Duration::from_millis(20)).await.unwrap() {
                     queue.ack_binding(&b.entry_id).await.unwrap();
                     n += 1;
-                    let (queue, id) = (queue.clone(), b.task_id);
+                    let (queue, id, outstanding) = (queue.clone(), b.task_id, outstanding.clone());
                     let run = Duration::from_millis(800 + (n * 37) % 400);
                     tokio::spawn(async move {
                         tokio::time::sleep(run).await;
                         queue.finish(id).await.unwrap();
+                        outstanding.lock().unwrap().remove(&id);
                     });
                 }
             }

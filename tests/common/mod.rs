@@ -70,7 +70,7 @@ impl Deployment {
             .env("BERTH_AUTH__JWT_SECRET", SECRET)
             .env("BERTH_EXECUTOR__RETRY__BASE", "100ms")
             .env("BERTH_EXECUTOR__RETRY__CAP", "400ms")
-            .env("BERTH_SCHEDULER__UNSCHEDULABLE_BACKOFF", "100ms")
+            .env("BERTH_SCHEDULER__UNSCHEDULABLE_MAX_WAIT", "2s")
             .env("BERTH_CLUSTER__START_DELAY", "20ms")
             .env("RUST_LOG", "info");
         c

@@ -24,6 +24,7 @@ local function make_ready(id)
   redis.call('HDEL', task, 'owner')
 end
 
+
 local limit = tonumber(ARGV[5])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', KEYS[3], id)
@@ -35,6 +36,22 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     make_ready(id)
   end
 end
+
+-- Parked tasks (no node fitted; see park.lua) go back to ready when the capacity epoch has
+-- moved since the last look (all of them, over as many claims as it takes), and each when
+-- its max wait ends.
+local parked = prefix .. 'parked'
+local epoch = redis.call('GET', prefix .. 'capacity_epoch') or '0'
+local seen = prefix .. 'parked_seen_epoch'
+local function unpark(id)
+  redis.call('ZREM', parked, id)
+  if redis.call('HGET', prefix .. 'task:' .. id, 'state') == 'parked' then make_ready(id) end
+end
+if redis.call('GET', seen) ~= epoch then
+  for _, id in ipairs(redis.call('ZRANGE', parked, 0, limit - 1)) do unpark(id) end
+  if redis.call('ZCARD', parked) == 0 then redis.call('SET', seen, epoch) end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', parked, '-inf', now, 'LIMIT', 0, limit)) do unpark(id) end
 
 -- Up to `batch` heads from every claimable tenant, in the tenant's own (priority, seq) order.
 local tenants = {}

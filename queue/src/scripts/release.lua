@@ -28,11 +28,15 @@ if f[1] == 'bound' and f[2] then
   dec(usage, 'mem', f[5])
   dec(usage, 'gpu', f[6])
   redis.call('INCR', KEYS[2])
+  -- Capacity freed: parked tasks get another look (claim.lua).
+  redis.call('INCR', ARGV[2] .. 'capacity_epoch')
 end
 -- Wherever else the task may be waiting (cancelled while queued), take it out.
 redis.call('ZREM', ARGV[2] .. 'ready:' .. f[3], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', ARGV[2] .. 'parked', ARGV[1])
+redis.call('ZREM', ARGV[2] .. 'parked_idle', ARGV[1])
 if ARGV[3] == 'finish' then
   redis.call('DEL', KEYS[1])
   return 1
