@@ -153,7 +153,11 @@ pub struct Scheduling {
     ready_in_tenant: u64,
     /// When a delayed task is due again (end of its backoff, or its next evaluation).
     due_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// One sentence: "waiting in the tenant's queue: 3 of 12", "in backoff until T", ...
+    /// Under fair share: `{tenant_share, lowest_other_share}` (weighted dominant shares).
+    #[schema(value_type = Option<Object>)]
+    fair_share: Option<Value>,
+    /// One sentence: "waiting in the tenant's queue: 3 of 12", "tenant at fair share: ...",
+    /// "in backoff until T", ...
     why: String,
 }
 

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use berth_core::config::ClaimOrder;
 use berth_core::{Resources, SchedulingSpec, TaskStatus, Toleration, TolerationOperator, quantity, sim, validate};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -724,7 +725,18 @@ async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<Stri
         // Best effort: a Redis hiccup must not fail a read of PostgreSQL's truth.
         if let Ok(Some(q)) = s.queue.task_state(id).await {
             let at = s.queue.queue_position(&caller.tenant, id).await.unwrap_or_default();
-            body["data"]["scheduling"] = scheduling(&q, &at);
+            // Under fair share, a ready task may wait because its tenant is ahead of others.
+            let fair = if q.state == "ready" && s.config.scheduler.profile.claim_order() != ClaimOrder::Priority {
+                s.queue.fair_shares(&caller.tenant).await.ok().and_then(|shares| {
+                    let mine = shares.iter().find(|(t, _)| *t == caller.tenant)?.1;
+                    let lowest =
+                        shares.iter().filter(|(t, _)| *t != caller.tenant).map(|(_, v)| *v).reduce(f64::min)?;
+                    Some((mine, lowest))
+                })
+            } else {
+                None
+            };
+            body["data"]["scheduling"] = scheduling(&q, &at, fair);
         }
     }
     Ok(Json(body))
@@ -732,11 +744,22 @@ async fn get_one(State(s): State<AppState>, caller: Caller, Path(raw): Path<Stri
 
 /// Why a pending task is not running yet: its queue state, place and the last evaluation's
 /// reasons, with one sentence (`why`) saying it.
-fn scheduling(q: &berth_queue::TaskState, at: &berth_queue::QueuePosition) -> Value {
+/// `fair` is (this tenant's weighted dominant share, the lowest of the other tenants with
+/// ready work), when fair share orders the queue.
+fn scheduling(q: &berth_queue::TaskState, at: &berth_queue::QueuePosition, fair: Option<(f64, f64)>) -> Value {
     let due = at.due_ms.and_then(|ms| DateTime::<Utc>::from_timestamp_millis(ms as i64));
     let due_text = due.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
     let why = match (q.state.as_str(), &q.reason) {
         _ if at.suspended => "tenant suspended: its tasks wait until it is active again".to_owned(),
+        ("ready", _) if fair.is_some_and(|(mine, lowest)| mine > lowest + 1e-9) => {
+            let (mine, lowest) = fair.unwrap_or_default();
+            format!(
+                "tenant at fair share: its weighted dominant share {mine:.2} is above another tenant's {lowest:.2}, \
+                 which goes first; {} of {} in the tenant's queue",
+                at.position.unwrap_or(0),
+                at.ready
+            )
+        }
         ("ready", _) => match at.position {
             Some(p) => format!("waiting in the tenant's queue: {p} of {}", at.ready),
             None => "waiting in the tenant's queue".to_owned(),
@@ -755,6 +778,7 @@ fn scheduling(q: &berth_queue::TaskState, at: &berth_queue::QueuePosition) -> Va
         "position": at.position,
         "ready_in_tenant": at.ready,
         "due_at": due,
+        "fair_share": fair.map(|(mine, lowest)| json!({ "tenant_share": mine, "lowest_other_share": lowest })),
         "why": why,
     })
 }

@@ -800,3 +800,36 @@ async fn the_admin_policy_lists_each_live_replicas_version(pool: PgPool) {
     let alice = token(&a, "alice", "alice-pw").await;
     assert_eq!(a.call("GET", "/v1/admin/policy", Some(&alice), None).await.0, StatusCode::FORBIDDEN);
 }
+
+/// Under fair share, a ready task of a tenant ahead of another says so.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_task_behind_fair_share_says_its_tenant_is_at_fair_share(pool: PgPool) {
+    use berth_core::config::OrderConfig;
+    let a = api_with(pool, |c| c.scheduler.profile.order = vec![OrderConfig::Drf, OrderConfig::Priority]).await;
+    let node = berth_core::NodeView {
+        name: "n".into(),
+        allocatable: berth_core::Resources::new(2000, 64 << 30, 4),
+        requested: berth_core::Resources::ZERO,
+        labels: Default::default(),
+        taints: vec![],
+        schedulable: true,
+    };
+    a.queue.upsert_node(&node).await.unwrap();
+    let (alice, gina) = (token(&a, "alice", "alice-pw").await, token(&a, "gina", "gina-pw").await);
+    // acme runs one task: 500m of 2 CPU and 1 of 4 GPUs, a dominant share of 0.25.
+    let (_, v) = a.submit(&alice, task("running")).await;
+    let running: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
+    let c = a.queue.claim("s", 1, std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c[0].spec.task_id, running);
+    assert_eq!(a.queue.reserve(&c[0].spec, "s", "n").await.unwrap(), berth_queue::ReserveOutcome::Bound);
+    let (_, v) = a.submit(&alice, task("behind")).await;
+    let behind = v["data"]["id"].as_str().unwrap().to_owned();
+    let (_, v) = a.submit(&gina, task("first")).await;
+    let first = v["data"]["id"].as_str().unwrap().to_owned();
+    let (_, v) = a.call("GET", &format!("/v1/tasks/{behind}"), Some(&alice), None).await;
+    let why = v["data"]["scheduling"]["why"].as_str().unwrap_or_default().to_owned();
+    assert!(why.starts_with("tenant at fair share: its weighted dominant share 0.25"), "{v}");
+    assert_eq!(v["data"]["scheduling"]["fair_share"]["lowest_other_share"], 0.0);
+    let (_, v) = a.call("GET", &format!("/v1/tasks/{first}"), Some(&gina), None).await;
+    assert_eq!(v["data"]["scheduling"]["why"], "waiting in the tenant's queue: 1 of 1", "{v}");
+}

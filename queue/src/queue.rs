@@ -549,6 +549,38 @@ impl Queue {
         Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
     }
 
+    /// The weighted dominant share (what fair share orders by, as claim.lua computes it) of
+    /// `tenant` and of every other tenant with ready work, by tenant name.
+    pub async fn fair_shares(&self, tenant: &str) -> Result<Vec<(String, f64)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut tenants: Vec<String> = redis::cmd("SMEMBERS").arg(self.keys.tenants()).query_async(&mut conn).await?;
+        if !tenants.iter().any(|t| t == tenant) {
+            tenants.push(tenant.to_owned());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.keys.capacity()).arg(&["cpu", "mem", "gpu"]);
+        for t in &tenants {
+            pipe.cmd("HMGET").arg(self.keys.usage(t)).arg(&["cpu", "mem", "gpu"]);
+            pipe.cmd("HGET").arg(self.keys.weights()).arg(t);
+        }
+        let mut rows: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let triple = |v: redis::Value| -> [f64; 3] {
+            let v: Vec<Option<f64>> = redis::FromRedisValue::from_redis_value(v).unwrap_or_default();
+            [0, 1, 2].map(|i| v.get(i).copied().flatten().unwrap_or(0.0))
+        };
+        let rest = rows.split_off(1);
+        let cap = triple(rows.remove(0));
+        let mut out = Vec::new();
+        for (t, pair) in tenants.into_iter().zip(rest.chunks(2)) {
+            let used = triple(pair[0].clone());
+            let weight: Option<f64> = redis::FromRedisValue::from_redis_value(pair[1].clone()).unwrap_or(None);
+            let weight = weight.filter(|w| *w > 0.0).unwrap_or(1.0);
+            let dominant = (0..3).filter(|&i| cap[i] > 0.0).map(|i| used[i] / cap[i]).fold(0.0, f64::max);
+            out.push((t, dominant / weight));
+        }
+        Ok(out)
+    }
+
     /// `task_id`'s place in `tenant`'s queue, in one round trip.
     pub async fn queue_position(&self, tenant: &str, task_id: Uuid) -> Result<QueuePosition, QueueError> {
         let id = task_id.to_string();
