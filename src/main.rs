@@ -160,28 +160,24 @@ async fn signal() {
 
 /// The scheduler section, reloaded from `path` on SIGHUP and when the file changes (checked
 /// every second). A file that does not load or validate is logged and ignored: the running
-/// section stays until a good one arrives. The worker swaps sections between cycles.
+/// section stays until a good one arrives. The worker swaps sections between cycles. SIGHUP
+/// is handled even without a file (it then only says so), so it never kills the process.
 fn watch_scheduler_config(
     path: Option<PathBuf>,
     initial: berth_core::config::SchedulerConfig,
 ) -> watch::Receiver<berth_core::config::SchedulerConfig> {
     let (tx, rx) = watch::channel(initial);
-    let Some(path) = path else { return rx };
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     tokio::spawn(async move {
         #[cfg(unix)]
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "no SIGHUP handler; the scheduler section reloads on file changes only");
-                return;
-            }
-        };
-        let mut seen = modified(&path);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .inspect_err(|e| warn!(error = %e, "no SIGHUP handler; the scheduler section reloads on file changes only"))
+            .ok();
+        let mut seen = path.as_deref().and_then(modified);
         loop {
             #[cfg(unix)]
             let signalled = tokio::select! {
-                _ = hup.recv() => true,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             };
             #[cfg(not(unix))]
@@ -189,12 +185,18 @@ fn watch_scheduler_config(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 false
             };
-            let now = modified(&path);
+            let Some(path) = path.as_deref() else {
+                if signalled {
+                    info!("SIGHUP: no configuration file to reload (the configuration comes from the environment)");
+                }
+                continue;
+            };
+            let now = modified(path);
             if !signalled && now == seen {
                 continue;
             }
             seen = now;
-            match Config::load(Some(&path)) {
+            match Config::load(Some(path)) {
                 Ok(c) if c.scheduler == *tx.borrow() => info!(path = %path.display(), "configuration unchanged"),
                 Ok(c) => {
                     info!(path = %path.display(), version = %c.scheduler.version(), "scheduler section reloaded; applying");

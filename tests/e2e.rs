@@ -426,3 +426,22 @@ async fn the_scheduler_reloads_its_policy_and_keeps_the_last_good_one() {
     assert_ne!(third, second);
     assert!(d.children[0].1.try_wait().unwrap().is_none(), "SIGHUP does not stop the scheduler");
 }
+
+/// SIGHUP never kills a scheduler, even one configured from the environment alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_a_config_file_is_harmless() {
+    let mut d = Deployment::new();
+    let queue = Queue::connect(&redis_url(), &d.partition).await.unwrap();
+    d.spawn("scheduler", "scheduler");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while queue.policy_reports(Duration::from_secs(60)).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "never reported\n{}", d.logs_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = d.children[0].1.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(d.children[0].1.try_wait().unwrap().is_none(), "SIGHUP killed the scheduler\n{}", d.logs_tail());
+    let log = std::fs::read_to_string(d.logs.join("scheduler.log")).unwrap();
+    assert!(log.contains("no configuration file to reload"), "{log}");
+}

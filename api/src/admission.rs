@@ -8,10 +8,13 @@
 //! a batch to fill; under load batches form by themselves, as in a database's group commit.
 //!
 //! The merge never changes an answer. The merged transaction is the same [`admit`] as a
-//! batch's (one conditional update in the insert transaction, all or nothing); if it fails
-//! for any reason (the quota cannot hold them all, one user was suspended, a missing volume),
-//! it is rolled back and each request is admitted on its own, in arrival order, and gets
-//! exactly the answer it would have had alone.
+//! batch's (one conditional update in the insert transaction, all or nothing). If it is
+//! refused because of what the requests ask (the quota cannot hold them all, one user was
+//! suspended, a missing volume), it was rolled back, and each request is admitted on its own,
+//! in arrival order, and gets exactly the answer it would have had alone. If PostgreSQL or
+//! Redis failed instead, every request of the batch gets that failure, as it would have
+//! alone: retrying them one by one could admit twice what a commit whose answer was lost did
+//! admit, and would keep the tenant's later requests waiting through the outage.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +92,19 @@ impl Admissions {
     }
 }
 
+/// Refusals that depend on what the requests ask: alone, some of them may pass.
+fn refused_for_the_request(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::QuotaExceeded { .. }
+            | ApiError::Suspended(_)
+            | ApiError::Unauthorized(_)
+            | ApiError::BadRequest { .. }
+            | ApiError::Conflict(_)
+            | ApiError::NotFound(_)
+    )
+}
+
 async fn admit_batch(s: &AppState, merged: &AtomicU64, mut batch: Vec<Waiting>) {
     if batch.len() > 1 {
         let first = &batch[0].caller;
@@ -108,8 +124,21 @@ async fn admit_batch(s: &AppState, merged: &AtomicU64, mut batch: Vec<Waiting>) 
                 }
                 return;
             }
-            Err(e) => {
+            Err(e) if refused_for_the_request(&e) => {
                 tracing::debug!(requests = batch.len(), error = %e, "merged admission refused; admitting one by one")
+            }
+            Err(e) => {
+                let status = e.status_code();
+                tracing::error!(requests = batch.len(), error = %e, "merged admission failed");
+                for w in batch {
+                    let err = if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+                        ApiError::Unavailable("database busy, retry later".into())
+                    } else {
+                        ApiError::Internal(format!("admission failed: {e}"))
+                    };
+                    let _ = w.reply.send(Err(err));
+                }
+                return;
             }
         }
     }

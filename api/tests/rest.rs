@@ -757,7 +757,8 @@ async fn a_pending_task_says_why_it_waits(pool: PgPool) {
     assert_eq!(scheduling(ids[1].clone()).await["why"], "being placed by a scheduler");
     let reason = "0/4 nodes fit: 4 insufficient nvidia.com/gpu";
     let id: Uuid = ids[1].parse().unwrap();
-    a.queue.park(id, "test-scheduler", reason, std::time::Duration::from_secs(60)).await.unwrap();
+    let epoch = a.queue.capacity_epoch().await.unwrap();
+    a.queue.park(id, "test-scheduler", reason, std::time::Duration::from_secs(60), epoch).await.unwrap();
     let high = scheduling(ids[1].clone()).await;
     assert_eq!(high["queue_state"], "parked");
     let want = format!("{reason}; evaluated again when capacity changes, at the latest ");

@@ -15,7 +15,9 @@
 //!   `requested / allocatable` capped at 1, and the score `(1 − std) × 100` truncated, where std
 //!   is half the difference for two resources and the population standard deviation for more.
 //!   It uses the task's actual requests (no defaults), and a task requesting none of its
-//!   resources is not scored (0 on every node, as upstream's skipped PreScore).
+//!   resources is not scored (0 on every node, as upstream's skipped PreScore). One
+//!   difference: the node side is berth's reservations, which include the defaults of
+//!   requestless tasks, where upstream sums the pods' actual requests.
 //!
 //! A resource the node has none of is skipped (neither score nor weight), and so is an
 //! extended resource (gpu) the task does not request, as upstream does.

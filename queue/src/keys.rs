@@ -51,6 +51,10 @@ impl Keys {
     pub fn parked(&self) -> String {
         format!("{}parked", self.prefix)
     }
+    /// Sorted set: parked tasks by the capacity epoch they were judged at.
+    pub fn parked_epoch(&self) -> String {
+        format!("{}parked_epoch", self.prefix)
+    }
     /// Counter: bumped whenever capacity may have grown (a release, a node change), so parked
     /// tasks are looked at again.
     pub fn capacity_epoch(&self) -> String {
@@ -129,6 +133,7 @@ mod tests {
             k.weights(),
             k.schedulers(),
             k.parked(),
+            k.parked_epoch(),
             k.capacity_epoch(),
             k.bindings(),
             k.events(),

@@ -18,6 +18,6 @@ pub mod scripts;
 pub use error::QueueError;
 pub use keys::Keys;
 pub use queue::{
-    Binding, ClaimedTask, LogEntry, POLICY_REPORT_EVERY, POLICY_REPORT_MAX_AGE, PolicyReport, Queue, QueuePosition,
-    ReserveOutcome, TaskEvent, TaskState,
+    Binding, ClaimedTask, LogEntry, POLICY_REPORT_EVERY, POLICY_REPORT_MAX_AGE, ParkOutcome, PolicyReport, Queue,
+    QueuePosition, ReserveOutcome, TaskEvent, TaskState,
 };

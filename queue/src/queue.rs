@@ -87,6 +87,15 @@ pub struct PolicyReport {
     pub config: serde_json::Value,
 }
 
+/// The answer of [`Queue::park`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkOutcome {
+    Parked,
+    /// Capacity changed after the judgement: the task is ready again instead.
+    Requeued,
+    LeaseLost,
+}
+
 /// Where a queued task stands in its tenant's queue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QueuePosition {
@@ -335,24 +344,47 @@ impl Queue {
         Ok(n == 1)
     }
 
-    /// Parks a claimed task no node fits, with `reason`: it is claimed again at the next
-    /// change of the cluster's capacity (a release, a node change), or after `max_wait`;
-    /// while nothing changes it is not looked at again. False when the lease was no longer
-    /// ours.
-    pub async fn park(&self, task_id: Uuid, owner: &str, reason: &str, max_wait: Duration) -> Result<bool, QueueError> {
+    /// The capacity epoch: it moves whenever capacity may have grown (a release, a node
+    /// change). A scheduler reads it before its snapshot and parks with it.
+    pub async fn capacity_epoch(&self) -> Result<u64, QueueError> {
+        let v: Option<u64> =
+            redis::cmd("GET").arg(self.keys.capacity_epoch()).query_async(&mut self.conn.clone()).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Parks a claimed task no node fits, with `reason`, judged on the cluster as of capacity
+    /// epoch `judged_at`: it is claimed again once the epoch moves past that (at once, if it
+    /// already has), or after `max_wait`; while nothing changes it is not looked at again.
+    pub async fn park(
+        &self,
+        task_id: Uuid,
+        owner: &str,
+        reason: &str,
+        max_wait: Duration,
+        judged_at: u64,
+    ) -> Result<ParkOutcome, QueueError> {
         let k = &self.keys;
         let n: i64 = SCRIPTS
             .park
             .key(k.task(task_id))
             .key(k.leases())
             .key(k.parked())
+            .key(k.parked_epoch())
+            .key(k.capacity_epoch())
+            .key(k.tenants())
             .arg(task_id.to_string())
             .arg(owner)
             .arg(reason)
             .arg(ms(max_wait).max(1))
+            .arg(judged_at)
+            .arg(k.prefix())
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(n == 1)
+        Ok(match n {
+            1 => ParkOutcome::Parked,
+            2 => ParkOutcome::Requeued,
+            _ => ParkOutcome::LeaseLost,
+        })
     }
 
     /// The task is done for good: release its reservation and usage and forget it.

@@ -399,16 +399,20 @@ async fn priority_then_fair_share_lets_priority_win_across_tenants() {
 /// wait it comes back regardless; and a finished task leaves the parked set.
 #[tokio::test]
 async fn a_parked_task_waits_for_a_capacity_change_not_a_timer() {
+    use berth_queue::ParkOutcome;
     let t = TestQueue::new().await;
     t.0.upsert_node(&node("n", 1000, 0)).await.unwrap();
     let big = spec("a", 0, 4000);
     t.0.enqueue(&big, Duration::ZERO).await.unwrap();
+    // Claim, judge (at the epoch read before the claim, as a scheduler does), park.
     let park = |max: Duration| {
         let q = t.0.clone();
         async move {
+            let epoch = q.capacity_epoch().await.unwrap();
             let c = q.claim("s", 10, LEASE).await.unwrap();
             assert_eq!(c.len(), 1, "claimable");
-            assert!(q.park(c[0].spec.task_id, "s", "0/1 nodes fit: 1 insufficient cpu", max).await.unwrap());
+            let out = q.park(c[0].spec.task_id, "s", "0/1 nodes fit: 1 insufficient cpu", max, epoch).await.unwrap();
+            assert_eq!(out, ParkOutcome::Parked);
         }
     };
     park(Duration::from_secs(60)).await;
@@ -432,10 +436,51 @@ async fn a_parked_task_waits_for_a_capacity_change_not_a_timer() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(t.0.claim("s", 10, LEASE).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(t.0.claim("s", 10, LEASE).await.unwrap().len(), 1, "the max wait ended");
+    let c = t.0.claim("s", 10, LEASE).await.unwrap();
+    assert_eq!(c.len(), 1, "the max wait ended");
+    // Capacity that frees while the task is being judged is not missed: the epoch moved past
+    // the judgement, so parking puts it straight back in the ready queue.
+    let judged = t.0.capacity_epoch().await.unwrap();
+    t.0.upsert_node(&node("late", 8000, 0)).await.unwrap();
+    let out = t.0.park(big.task_id, "s", "judged before the node came", Duration::from_secs(60), judged).await.unwrap();
+    assert_eq!(out, ParkOutcome::Requeued);
+    assert_eq!(t.0.task_state(big.task_id).await.unwrap().unwrap().state, "ready");
     // A finished (cancelled) parked task is never claimed again.
-    t.0.park(big.task_id, "s", "still too big", Duration::from_secs(60)).await.unwrap();
+    park(Duration::from_secs(60)).await;
     t.0.finish(big.task_id).await.unwrap();
     t.0.upsert_node(&node("z", 8000, 0)).await.unwrap();
     assert!(t.0.claim("s", 10, LEASE).await.unwrap().is_empty(), "a finished task is never claimed");
+}
+
+/// However many tasks are parked, each is judged at most once per capacity change: re-parked
+/// at the new epoch, they wait for the next one.
+#[tokio::test]
+async fn parked_tasks_are_judged_once_per_capacity_change() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n", 1000, 0)).await.unwrap();
+    for _ in 0..30 {
+        t.0.enqueue(&spec("a", 0, 4000), Duration::ZERO).await.unwrap();
+    }
+    let judge_all = || {
+        let q = t.0.clone();
+        async move {
+            let epoch = q.capacity_epoch().await.unwrap();
+            let mut judged = 0;
+            loop {
+                let c = q.claim("s", 8, LEASE).await.unwrap();
+                if c.is_empty() {
+                    return judged;
+                }
+                for task in c {
+                    q.park(task.spec.task_id, "s", "no room", Duration::from_secs(60), epoch).await.unwrap();
+                    judged += 1;
+                }
+            }
+        }
+    };
+    assert_eq!(judge_all().await, 30);
+    assert_eq!(judge_all().await, 0, "nothing changed");
+    t.0.upsert_node(&node("m", 2000, 0)).await.unwrap();
+    assert_eq!(judge_all().await, 30, "one change: each judged once more");
+    assert_eq!(judge_all().await, 0);
 }

@@ -41,6 +41,8 @@ struct Replica {
     profile: Profile,
     owner: String,
     snapshot: ClusterSnapshot,
+    /// The capacity epoch read with the snapshot: what parked tasks were judged at.
+    epoch: u64,
     stats: Arc<SchedulerStats>,
 }
 
@@ -71,7 +73,7 @@ pub async fn run_reloading(
     let config = configs.borrow_and_update().clone();
     let profile = Profile::build(&config.profile)?;
     info!(%owner, version = %config.version(), ?profile, "scheduler started");
-    let mut replica = Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), stats };
+    let mut replica = Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), epoch: 0, stats };
     let mut loaded_at = chrono::Utc::now().timestamp_millis();
     let mut reported: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -190,6 +192,9 @@ impl Replica {
     }
 
     async fn refresh(&mut self) -> Result<(), QueueError> {
+        // The epoch first: capacity freed after this read but seen by the snapshot only makes
+        // a parked task look again sooner, never later.
+        self.epoch = self.queue.capacity_epoch().await?;
         let version = self.queue.nodes_version().await?;
         if version != self.snapshot.version || self.snapshot.nodes.is_empty() {
             self.snapshot = self.queue.snapshot().await?;
@@ -204,7 +209,8 @@ impl Replica {
                     self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("berth_scheduler_unschedulable_total").increment(1);
                     debug!(task = %spec.task_id, %reason, "unschedulable");
-                    self.queue.park(spec.task_id, &self.owner, reason, self.config.unschedulable_max_wait).await?;
+                    let max = self.config.unschedulable_max_wait;
+                    self.queue.park(spec.task_id, &self.owner, reason, max, self.epoch).await?;
                     return Ok(());
                 }
                 Decision::Place { node, .. } => node.clone(),

@@ -21,9 +21,8 @@ local function make_ready(id)
   redis.call('ZADD', prefix .. 'ready:' .. f[1], (100 - tonumber(f[2])) * 17592186044416 + tonumber(f[3]), id)
   redis.call('SADD', KEYS[1], f[1])
   redis.call('HSET', task, 'state', 'ready')
-  redis.call('HDEL', task, 'owner')
+  redis.call('HDEL', task, 'owner', 'parked_until')
 end
-
 
 local limit = tonumber(ARGV[5])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
@@ -37,20 +36,17 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
   end
 end
 
--- Parked tasks (no node fitted; see park.lua) go back to ready when the capacity epoch has
--- moved since the last look (all of them, over as many claims as it takes), and each when
--- its max wait ends.
-local parked = prefix .. 'parked'
-local epoch = redis.call('GET', prefix .. 'capacity_epoch') or '0'
-local seen = prefix .. 'parked_seen_epoch'
+-- Parked tasks (no node fitted; see park.lua) go back to ready once the capacity epoch has
+-- moved past the one they were judged at, and each at its max wait. Each is judged again at
+-- most once per epoch, however many are parked.
+local parked, by_epoch = prefix .. 'parked', prefix .. 'parked_epoch'
+local epoch = tonumber(redis.call('GET', prefix .. 'capacity_epoch') or '0')
 local function unpark(id)
   redis.call('ZREM', parked, id)
+  redis.call('ZREM', by_epoch, id)
   if redis.call('HGET', prefix .. 'task:' .. id, 'state') == 'parked' then make_ready(id) end
 end
-if redis.call('GET', seen) ~= epoch then
-  for _, id in ipairs(redis.call('ZRANGE', parked, 0, limit - 1)) do unpark(id) end
-  if redis.call('ZCARD', parked) == 0 then redis.call('SET', seen, epoch) end
-end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', by_epoch, '-inf', '(' .. epoch, 'LIMIT', 0, limit)) do unpark(id) end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', parked, '-inf', now, 'LIMIT', 0, limit)) do unpark(id) end
 
 -- Up to `batch` heads from every claimable tenant, in the tenant's own (priority, seq) order.

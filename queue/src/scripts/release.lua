@@ -36,7 +36,7 @@ redis.call('ZREM', ARGV[2] .. 'ready:' .. f[3], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', ARGV[2] .. 'parked', ARGV[1])
-redis.call('ZREM', ARGV[2] .. 'parked_idle', ARGV[1])
+redis.call('ZREM', ARGV[2] .. 'parked_epoch', ARGV[1])
 if ARGV[3] == 'finish' then
   redis.call('DEL', KEYS[1])
   return 1
