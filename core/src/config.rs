@@ -810,6 +810,37 @@ fn parse_toml(text: &str, source_name: &str) -> Result<toml::Table, ConfigError>
     })
 }
 
+/// A scorer's weight (1..=100), and its resources: known names, each weight passing `rule`.
+fn check_scorer(
+    i: usize,
+    weight: u32,
+    resources: &BTreeMap<String, i64>,
+    rule: fn(i64) -> bool,
+    rule_message: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    if !(1..=100).contains(&weight) {
+        errs.push(FieldError { path: format!("scorers[{i}].weight"), message: "must be between 1 and 100".into() });
+    }
+    if resources.is_empty() {
+        errs.push(FieldError {
+            path: format!("scorers[{i}].resources"),
+            message: "must name at least one resource".into(),
+        });
+    }
+    for (name, w) in resources {
+        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
+            errs.push(FieldError {
+                path: format!("scorers[{i}].resources.{name:?}"),
+                message: format!("unknown resource (expected cpu, memory or {GPU_RESOURCE})"),
+            });
+        }
+        if !rule(*w) {
+            errs.push(FieldError { path: format!("scorers[{i}].resources.{name:?}"), message: rule_message.into() });
+        }
+    }
+}
+
 impl ProfileConfig {
     /// The cross-tenant order: `drf` before `priority` (or without it) puts fair share first;
     /// after it, fair share breaks ties between equal priorities.
@@ -833,33 +864,8 @@ impl ProfileConfig {
         for (i, s) in self.scorers.iter().enumerate() {
             match s {
                 ScorerConfig::BalancedAllocation { weight, resources } => {
-                    if !(1..=100).contains(weight) {
-                        errs.push(FieldError {
-                            path: format!("scorers[{i}].weight"),
-                            message: "must be between 1 and 100".into(),
-                        });
-                    }
-                    if resources.is_empty() {
-                        errs.push(FieldError {
-                            path: format!("scorers[{i}].resources"),
-                            message: "must name at least one resource".into(),
-                        });
-                    }
-                    for (name, w) in resources {
-                        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
-                            errs.push(FieldError {
-                                path: format!("scorers[{i}].resources.{name:?}"),
-                                message: format!("unknown resource (expected cpu, memory or {GPU_RESOURCE})"),
-                            });
-                        }
-                        // ValidateNodeResourcesBalancedAllocationArgs: every weight is 1.
-                        if *w != 1 {
-                            errs.push(FieldError {
-                                path: format!("scorers[{i}].resources.{name:?}"),
-                                message: "weight must be 1".into(),
-                            });
-                        }
-                    }
+                    // ValidateNodeResourcesBalancedAllocationArgs: every weight is 1.
+                    check_scorer(i, *weight, resources, |w| w == 1, "weight must be 1", &mut errs);
                 }
                 ScorerConfig::ResourceFit { weight, resources, strategy, shape } => {
                     // kube-scheduler's validateFunctionShape.
@@ -898,33 +904,15 @@ impl ProfileConfig {
                         }),
                         (_, true) => {}
                     }
-                    if !(1..=100).contains(weight) {
-                        errs.push(FieldError {
-                            path: format!("scorers[{i}].weight"),
-                            message: "must be between 1 and 100".into(),
-                        });
-                    }
-                    if resources.is_empty() {
-                        errs.push(FieldError {
-                            path: format!("scorers[{i}].resources"),
-                            message: "must name at least one resource".into(),
-                        });
-                    }
-                    for (name, w) in resources {
-                        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
-                            errs.push(FieldError {
-                                path: format!("scorers[{i}].resources.{name:?}"),
-                                message: format!("unknown resource (expected cpu, memory or {GPU_RESOURCE})"),
-                            });
-                        }
-                        // kube-scheduler's ValidateNodeResourcesFitArgs: weights in 1..=100.
-                        if !(1..=100).contains(w) {
-                            errs.push(FieldError {
-                                path: format!("scorers[{i}].resources.{name:?}"),
-                                message: "weight must be between 1 and 100".into(),
-                            });
-                        }
-                    }
+                    // ValidateNodeResourcesFitArgs: weights in 1..=100.
+                    check_scorer(
+                        i,
+                        *weight,
+                        resources,
+                        |w| (1..=100).contains(&w),
+                        "weight must be between 1 and 100",
+                        &mut errs,
+                    );
                 }
             }
         }
