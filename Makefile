@@ -12,7 +12,8 @@ export BERTH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 dev: services
 	$(CARGO) run --bin berth -- dev
 
-## Run the whole test suite (unit, Redis, PostgreSQL and end-to-end tests).
+## Run the whole test suite (unit, Redis, PostgreSQL and end-to-end tests), and compile the
+## benches so they never rot (with the dev profile: a compile check, not a timing run).
 test: services
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -20,6 +21,7 @@ test: services
 		echo "cargo-nextest not found; using cargo test"; \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(CARGO) bench --workspace --no-run --profile dev
 
 ## Start (or install) local PostgreSQL and Redis.
 services:
