@@ -6,7 +6,7 @@ CARGO ?= cargo
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export BERTH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: dev test services build lint fmt bench bench-admission bench-placement clean
+.PHONY: dev test services build lint fmt bench bench-admission bench-placement bench-pipeline clean
 
 ## Bring berth up on the simulated cluster (all roles in one process).
 dev: services
@@ -44,6 +44,10 @@ bench: bench-placement
 ## decide() per scorer at 1k/10k/100k nodes beside best-fit and random-64, and packing quality.
 bench-placement:
 	$(CARGO) run --release -p berth-bench --bin placement
+
+## Through Redis: enqueue -> bound at 10k nodes, round trips per task, memory per pending task.
+bench-pipeline: services
+	$(CARGO) run --release -p berth-bench --bin pipeline
 
 ## The admission harness: POST /v1/tasks rate and latency, batch tasks/s (needs the services).
 bench-admission: services

@@ -80,6 +80,11 @@ impl Keys {
     pub fn node(&self, name: &str) -> String {
         format!("{}node:{name}", self.prefix)
     }
+    /// Sorted set: each node by the ledger version of its last change, so a scheduler
+    /// refreshes only the nodes that changed since its snapshot.
+    pub fn nodes_changed(&self) -> String {
+        format!("{}nodes:changed", self.prefix)
+    }
     /// Counter: bumped on every ledger change, so schedulers refresh only when it moved.
     pub fn nodes_version(&self) -> String {
         format!("{}nodes:version", self.prefix)
@@ -128,6 +133,7 @@ mod tests {
             k.nodes(),
             k.node("n"),
             k.nodes_version(),
+            k.nodes_changed(),
             k.usage("t"),
             k.capacity(),
             k.weights(),

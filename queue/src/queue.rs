@@ -87,6 +87,29 @@ pub struct PolicyReport {
     pub config: serde_json::Value,
 }
 
+/// A node's ledger hash as the scheduler sees it; None for a node that no longer exists.
+fn node_view(name: String, h: &HashMap<String, String>) -> Result<Option<NodeView>, QueueError> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let num = |f: &str| -> Result<u64, QueueError> {
+        let v = h.get(f).map(String::as_str).unwrap_or("0");
+        v.parse::<i64>()
+            .map(|x| x.max(0) as u64)
+            .map_err(|_| QueueError::Corrupt(format!("node {name} field {f}={v:?}")))
+    };
+    let meta: NodeMeta = serde_json::from_str(h.get("meta").map(String::as_str).unwrap_or("{}"))
+        .map_err(|e| QueueError::Corrupt(format!("node {name} meta: {e}")))?;
+    Ok(Some(NodeView {
+        allocatable: Resources::new(num("alloc_cpu")?, num("alloc_mem")?, num("alloc_gpu")?),
+        requested: Resources::new(num("res_cpu")?, num("res_mem")?, num("res_gpu")?),
+        labels: meta.labels,
+        taints: meta.taints,
+        schedulable: h.get("schedulable").map(String::as_str) == Some("1"),
+        name,
+    }))
+}
+
 /// The answer of [`Queue::park`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParkOutcome {
@@ -306,6 +329,7 @@ impl Queue {
             .key(k.leases())
             .key(k.bindings())
             .key(k.nodes_version())
+            .key(k.nodes_changed())
             .arg(task.task_id.to_string())
             .arg(owner)
             .arg(node)
@@ -513,6 +537,7 @@ impl Queue {
             .key(k.nodes_version())
             .key(k.capacity())
             .key(k.capacity_epoch())
+            .key(k.nodes_changed())
             .arg(&node.name)
             .arg(node.allocatable.cpu_millis)
             .arg(node.allocatable.memory_bytes)
@@ -549,28 +574,54 @@ impl Queue {
             if names.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
         let mut nodes = Vec::with_capacity(names.len());
         for (name, h) in names.into_iter().zip(hashes) {
-            if h.is_empty() {
-                continue;
-            }
-            let num = |f: &str| -> Result<u64, QueueError> {
-                let v = h.get(f).map(String::as_str).unwrap_or("0");
-                v.parse::<i64>()
-                    .map(|x| x.max(0) as u64)
-                    .map_err(|_| QueueError::Corrupt(format!("node {name} field {f}={v:?}")))
-            };
-            let meta: NodeMeta = serde_json::from_str(h.get("meta").map(String::as_str).unwrap_or("{}"))
-                .map_err(|e| QueueError::Corrupt(format!("node {name} meta: {e}")))?;
-            nodes.push(NodeView {
-                allocatable: Resources::new(num("alloc_cpu")?, num("alloc_mem")?, num("alloc_gpu")?),
-                requested: Resources::new(num("res_cpu")?, num("res_mem")?, num("res_gpu")?),
-                labels: meta.labels,
-                taints: meta.taints,
-                schedulable: h.get("schedulable").map(String::as_str) == Some("1"),
-                name,
-            });
+            nodes.extend(node_view(name, &h)?);
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(ClusterSnapshot { version: version.unwrap_or(0), nodes })
+    }
+
+    /// Brings `snap` up to the ledger's current version by reading only the nodes changed
+    /// since `snap.version` (one round trip when nothing changed, two otherwise), instead of
+    /// every node. A ledger older than the snapshot (a purge) is read whole.
+    pub async fn refresh_snapshot(&self, snap: &mut ClusterSnapshot) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        // Atomically: the version, then what changed after the snapshot's, so no change
+        // between the two reads is missed (a node state newer than `version` is only read again
+        // next time).
+        let (version, changed): (Option<u64>, Vec<String>) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(self.keys.nodes_version())
+            .cmd("ZRANGEBYSCORE")
+            .arg(self.keys.nodes_changed())
+            .arg(format!("({}", snap.version))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        let version = version.unwrap_or(0);
+        if version < snap.version || snap.nodes.is_empty() {
+            *snap = self.snapshot().await?;
+            return Ok(());
+        }
+        if !changed.is_empty() {
+            let mut pipe = redis::pipe();
+            for n in &changed {
+                pipe.cmd("HGETALL").arg(self.keys.node(n));
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (name, h) in changed.into_iter().zip(hashes) {
+                match (snap.nodes.binary_search_by(|n| n.name.cmp(&name)), node_view(name, &h)?) {
+                    (Ok(i), Some(v)) => snap.nodes[i] = v,
+                    (Ok(i), None) => {
+                        snap.nodes.remove(i);
+                    }
+                    (Err(i), Some(v)) => snap.nodes.insert(i, v),
+                    (Err(_), None) => {}
+                }
+            }
+        }
+        snap.version = version;
+        Ok(())
     }
 
     /// Resources held by one tenant's bound tasks.

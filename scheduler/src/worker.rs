@@ -195,11 +195,9 @@ impl Replica {
         // The epoch first: capacity freed after this read but seen by the snapshot only makes
         // a parked task look again sooner, never later.
         self.epoch = self.queue.capacity_epoch().await?;
-        let version = self.queue.nodes_version().await?;
-        if version != self.snapshot.version || self.snapshot.nodes.is_empty() {
-            self.snapshot = self.queue.snapshot().await?;
-        }
-        Ok(())
+        // Only the nodes that changed since the last look: a full read of a large cluster on
+        // every reservation would cost more than the decisions.
+        self.queue.refresh_snapshot(&mut self.snapshot).await
     }
 
     async fn apply(&mut self, spec: &SchedulingSpec, mut decision: Decision) -> Result<(), QueueError> {

@@ -27,7 +27,7 @@ if f[1] == 'bound' and f[2] then
   dec(usage, 'cpu', f[4])
   dec(usage, 'mem', f[5])
   dec(usage, 'gpu', f[6])
-  redis.call('INCR', KEYS[2])
+  redis.call('ZADD', ARGV[2] .. 'nodes:changed', redis.call('INCR', KEYS[2]), f[2])
   -- Capacity freed: parked tasks get another look (claim.lua).
   redis.call('INCR', ARGV[2] .. 'capacity_epoch')
 end

@@ -1,7 +1,7 @@
 -- reserve: bind a leased task to a node if the node still has room, atomically.
 -- This re-check is what makes over-commit impossible with any number of schedulers.
 -- KEYS[1] task hash  KEYS[2] node hash  KEYS[3] tenant usage hash  KEYS[4] leases zset
--- KEYS[5] bindings stream  KEYS[6] nodes version counter
+-- KEYS[5] bindings stream  KEYS[6] nodes version counter  KEYS[7] changed-nodes zset
 -- ARGV[1] task id  ARGV[2] owner  ARGV[3] node name
 -- Returns {1} bound; {-1} lease lost; {-2} node gone or unschedulable;
 -- {0, alloc_cpu, alloc_mem, alloc_gpu, res_cpu, res_mem, res_gpu} no room (fresh node state).
@@ -30,5 +30,5 @@ redis.call('HSET', KEYS[1], 'state', 'bound', 'node', ARGV[3])
 redis.call('HDEL', KEYS[1], 'owner', 'reason', 'parked_until')
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('XADD', KEYS[5], '*', 'task', ARGV[1], 'node', ARGV[3], 'attempt', f[6])
-redis.call('INCR', KEYS[6])
+redis.call('ZADD', KEYS[7], redis.call('INCR', KEYS[6]), ARGV[3])
 return { 1 }

@@ -1,7 +1,7 @@
 -- upsert_node: publish a node's allocatable capacity and scheduling facts, keeping what
 -- berth has reserved on it.
 -- KEYS[1] nodes set  KEYS[2] node hash  KEYS[3] nodes version counter  KEYS[4] capacity hash
--- KEYS[5] capacity epoch counter
+-- KEYS[5] capacity epoch counter  KEYS[6] changed-nodes zset
 -- ARGV[1] name  ARGV[2] alloc cpu  ARGV[3] alloc mem  ARGV[4] alloc gpu  ARGV[5] schedulable 0|1
 -- ARGV[6] labels+taints JSON
 -- Keeps the cluster's schedulable capacity (`capacity`: cpu, mem, gpu; what fair share
@@ -30,7 +30,7 @@ redis.call('HSETNX', KEYS[2], 'res_cpu', 0)
 redis.call('HSETNX', KEYS[2], 'res_mem', 0)
 redis.call('HSETNX', KEYS[2], 'res_gpu', 0)
 redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[3]), ARGV[1])
 -- A node appeared or changed (capacity, schedulability, labels, taints): parked tasks get
 -- another look (claim.lua).
 redis.call('INCR', KEYS[5])

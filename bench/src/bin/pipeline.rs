@@ -1,0 +1,159 @@
+//! The pipeline harness (issue 4's end-to-end and memory benchmarks), through the local
+//! Redis on a throwaway partition:
+//!
+//! 1. enqueue → bound: 10,000 nodes, 8 tenants, every task enqueued up front, two scheduler
+//!    replicas in this process (the machine's two cores), the executor replaced by nothing
+//!    (bindings are left in the stream). Tasks/s until every task is bound, and Redis round
+//!    trips per task (from Redis's own command counters).
+//! 2. Redis memory per pending task, at `PENDING` pending tasks.
+//! 3. The resident memory of a scheduler snapshot of 100,000 nodes.
+//!
+//! `cargo run --release -p berth-bench --bin pipeline [-- TASKS PENDING]`
+//! (`make bench-pipeline`). Environment: `BERTH_TEST_REDIS_URL`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use berth_bench::{SplitMix, cluster};
+use berth_core::config::SchedulerConfig;
+use berth_core::{Resources, SchedulingSpec};
+use berth_queue::Queue;
+use berth_scheduler::SchedulerStats;
+use uuid::Uuid;
+
+fn spec(r: &mut SplitMix, i: usize) -> SchedulingSpec {
+    SchedulingSpec {
+        task_id: Uuid::new_v4(),
+        tenant: format!("tenant-{}", i % 8),
+        requests: Resources::new(r.range(1, 10) * 100, r.range(1, 8) << 27, 0),
+        priority: r.range(0, 100) as u8,
+        node_selector: Default::default(),
+        tolerations: vec![],
+        attempt: 0,
+        seq: 0,
+    }
+}
+
+async fn info_field(conn: &mut redis::aio::ConnectionManager, section: &str, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO").arg(section).query_async(conn).await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Commands Redis has processed so far (INFO stats).
+async fn commands(conn: &mut redis::aio::ConnectionManager) -> u64 {
+    info_field(conn, "stats", "total_commands_processed").await
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_owned()))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let tasks: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let pending: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let partition = format!("bench-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let queue = Queue::connect(&url, &partition).await?;
+    let mut conn = queue.connection();
+    let mut r = SplitMix::new(3);
+
+    // 1. enqueue → bound.
+    let snap = cluster(10_000, 7);
+    for n in &snap.nodes {
+        let mut n = n.clone();
+        n.requested = Resources::ZERO;
+        queue.upsert_node(&n).await?;
+    }
+    let work: Vec<SchedulingSpec> = (0..tasks).map(|i| spec(&mut r, i)).collect();
+    let before = commands(&mut conn).await;
+    let started = Instant::now();
+    for chunk in work.chunks(1000) {
+        queue.enqueue_many(chunk).await?;
+    }
+    let enqueued = started.elapsed();
+    let config = SchedulerConfig { batch_size: 64, idle_wait: Duration::from_millis(5), ..SchedulerConfig::default() };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stats: Vec<Arc<SchedulerStats>> = (0..2).map(|_| Arc::new(SchedulerStats::default())).collect();
+    let replicas: Vec<_> = stats
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let mut rx = rx.clone();
+            tokio::spawn(berth_scheduler::run(
+                config.clone(),
+                queue.clone(),
+                format!("bench-{i}"),
+                st.clone(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ))
+        })
+        .collect();
+    let bound = || stats.iter().map(|s| s.bound.load(Ordering::Relaxed)).sum::<u64>();
+    while bound() < tasks as u64 && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    tx.send(true)?;
+    for h in replicas {
+        h.await??;
+    }
+    let after = commands(&mut conn).await;
+    let conflicts: u64 = stats.iter().map(|s| s.conflicts.load(Ordering::Relaxed)).sum();
+    println!(
+        "enqueue → bound, 10,000 nodes, 8 tenants, 2 replicas: {} tasks bound in {:.2} s = {:.0} tasks/s \
+         (enqueue alone {:.0} tasks/s); {:.2} Redis commands per task (counting those inside scripts); \
+         {conflicts} conflicts",
+        bound(),
+        elapsed.as_secs_f64(),
+        bound() as f64 / elapsed.as_secs_f64(),
+        tasks as f64 / enqueued.as_secs_f64(),
+        (after - before) as f64 / tasks as f64,
+    );
+    queue.purge().await?;
+
+    // 2. Redis memory per pending task.
+    let base = info_field(&mut conn, "memory", "used_memory").await;
+    let mut left = pending;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(2000);
+        let chunk: Vec<SchedulingSpec> = (0..n)
+            .map(|_| {
+                i += 1;
+                spec(&mut r, i)
+            })
+            .collect();
+        queue.enqueue_many(&chunk).await?;
+        left -= n;
+    }
+    let used = info_field(&mut conn, "memory", "used_memory").await;
+    println!(
+        "Redis memory: {pending} pending tasks take {:.0} MiB, {:.0} bytes per task",
+        used.saturating_sub(base) as f64 / (1 << 20) as f64,
+        used.saturating_sub(base) as f64 / pending as f64
+    );
+    queue.purge().await?;
+
+    // 3. A scheduler's snapshot of 100,000 nodes.
+    let rss0 = rss_kib();
+    let big = cluster(100_000, 9);
+    let rss1 = rss_kib();
+    println!(
+        "scheduler snapshot of {} nodes: {:.0} MiB resident for the snapshot, {:.0} MiB for the process",
+        big.nodes.len(),
+        (rss1.saturating_sub(rss0)) as f64 / 1024.0,
+        rss1 as f64 / 1024.0
+    );
+    Ok(())
+}
