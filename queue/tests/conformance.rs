@@ -484,3 +484,31 @@ async fn parked_tasks_are_judged_once_per_capacity_change() {
     assert_eq!(judge_all().await, 30, "one change: each judged once more");
     assert_eq!(judge_all().await, 0);
 }
+
+/// A refreshed snapshot equals a fresh one, having read only the nodes that changed.
+#[tokio::test]
+async fn a_refreshed_snapshot_equals_a_fresh_one() {
+    let t = TestQueue::new().await;
+    for n in ["b", "d", "f"] {
+        t.0.upsert_node(&node(n, 4000, 0)).await.unwrap();
+    }
+    let mut snap = t.0.snapshot().await.unwrap();
+    let s = spec("a", 0, 1500);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    let c = t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(t.0.reserve(&c[0].spec, "s", "d").await.unwrap(), ReserveOutcome::Bound);
+    t.0.upsert_node(&node("a", 2000, 1)).await.unwrap();
+    t.0.upsert_node(&node("e", 2000, 1)).await.unwrap();
+    t.0.refresh_snapshot(&mut snap).await.unwrap();
+    assert_eq!(snap, t.0.snapshot().await.unwrap());
+    assert_eq!(snap.node("d").unwrap().requested.cpu_millis, 1500);
+    assert_eq!(snap.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a", "b", "d", "e", "f"]);
+    // Released: the node is read again.
+    t.0.finish(s.task_id).await.unwrap();
+    t.0.refresh_snapshot(&mut snap).await.unwrap();
+    assert_eq!(snap, t.0.snapshot().await.unwrap());
+    // Nothing changed: nothing to read, the same snapshot.
+    let before = snap.clone();
+    t.0.refresh_snapshot(&mut snap).await.unwrap();
+    assert_eq!(snap, before);
+}
