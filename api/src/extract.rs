@@ -107,6 +107,22 @@ impl QueryCheck {
         }
     }
 
+    /// An optional value that must be one of `allowed`.
+    pub fn one_of(&mut self, name: &str, raw: Option<&str>, allowed: &[&str]) -> Option<String> {
+        self.parse(name, raw, |v| {
+            if allowed.contains(&v) {
+                Ok(v.to_owned())
+            } else {
+                let (last, rest) = allowed.split_last().unwrap_or((&"", &[]));
+                Err(if rest.is_empty() {
+                    format!("must be {last}")
+                } else {
+                    format!("must be {} or {last}", rest.join(", "))
+                })
+            }
+        })
+    }
+
     /// An optional UUID.
     pub fn uuid(&mut self, name: &str, raw: Option<&str>) -> Option<uuid::Uuid> {
         self.parse(name, raw, |v| uuid::Uuid::parse_str(v).map_err(|_| "must be a UUID"))

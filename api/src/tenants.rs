@@ -150,10 +150,7 @@ pub struct ListParams {
 async fn list(State(s): State<AppState>, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
-    let status = q.parse("status", p.status.as_deref(), |v| match v {
-        "active" | "suspended" => Ok(v.to_owned()),
-        _ => Err("must be active or suspended"),
-    });
+    let status = q.one_of("status", p.status.as_deref(), &["active", "suspended"]);
     q.finish()?;
     let (total,): (i64,) = sqlx::query_as("select count(*) from tenants where ($1::text is null or status = $1)")
         .bind(&status)

@@ -208,12 +208,8 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListPar
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
     let tenant = q.uuid("tenant_id", p.tenant_id.as_deref()).unwrap_or(caller.tenant_id);
-    let role = q.parse("role", p.role.as_deref(), |v| {
-        if ROLES.contains(&v) { Ok(v.to_owned()) } else { Err("must be admin, user or viewer") }
-    });
-    let status = q.parse("status", p.status.as_deref(), |v| {
-        if ["active", "suspended"].contains(&v) { Ok(v.to_owned()) } else { Err("must be active or suspended") }
-    });
+    let role = q.one_of("role", p.role.as_deref(), &ROLES);
+    let status = q.one_of("status", p.status.as_deref(), &["active", "suspended"]);
     q.finish()?;
     if !caller.may_manage_users_of(tenant) {
         return Err(ApiError::NotFound("Tenant not found".into()));

@@ -129,13 +129,7 @@ pub struct ListParams {
 async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
-    let status = q.parse("status", p.status.as_deref(), |v| {
-        if ["pending", "bound", "lost", "failed"].contains(&v) {
-            Ok(v.to_owned())
-        } else {
-            Err("must be pending, bound, lost or failed")
-        }
-    });
+    let status = q.one_of("status", p.status.as_deref(), &["pending", "bound", "lost", "failed"]);
     q.finish()?;
     let (total,): (i64,) =
         sqlx::query_as("select count(*) from volumes where tenant_id = $1 and ($2::text is null or status = $2)")

@@ -582,14 +582,17 @@ impl Queue {
 
     /// Brings `snap` up to the ledger's current version by reading only the nodes changed
     /// since `snap.version` (one round trip when nothing changed, two otherwise), instead of
-    /// every node. A ledger older than the snapshot (a purge) is read whole.
-    pub async fn refresh_snapshot(&self, snap: &mut ClusterSnapshot) -> Result<(), QueueError> {
+    /// every node. A ledger older than the snapshot (a purge) is read whole. Returns the
+    /// capacity epoch, read before any node: what a task judged on this snapshot parks with.
+    pub async fn refresh_snapshot(&self, snap: &mut ClusterSnapshot) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
-        // Atomically: the version, then what changed after the snapshot's, so no change
-        // between the two reads is missed (a node state newer than `version` is only read again
-        // next time).
-        let (version, changed): (Option<u64>, Vec<String>) = redis::pipe()
+        // Atomically: the epoch and the version, then what changed after the snapshot's, so no
+        // change between the reads is missed (a node state newer than `version` is only read
+        // again next time).
+        let (epoch, version, changed): (Option<u64>, Option<u64>, Vec<String>) = redis::pipe()
             .atomic()
+            .cmd("GET")
+            .arg(self.keys.capacity_epoch())
             .cmd("GET")
             .arg(self.keys.nodes_version())
             .cmd("ZRANGEBYSCORE")
@@ -598,10 +601,10 @@ impl Queue {
             .arg("+inf")
             .query_async(&mut conn)
             .await?;
-        let version = version.unwrap_or(0);
+        let (epoch, version) = (epoch.unwrap_or(0), version.unwrap_or(0));
         if version < snap.version || snap.nodes.is_empty() {
             *snap = self.snapshot().await?;
-            return Ok(());
+            return Ok(epoch);
         }
         if !changed.is_empty() {
             let mut pipe = redis::pipe();
@@ -621,7 +624,7 @@ impl Queue {
             }
         }
         snap.version = version;
-        Ok(())
+        Ok(epoch)
     }
 
     /// Resources held by one tenant's bound tasks.

@@ -145,26 +145,18 @@ impl ExplainInput {
             });
         }
         let r = &self.task.resource_requests;
-        let mut requests = Resources::ZERO;
-        if let Some(v) = &r.cpu {
-            requests.cpu_millis =
-                quantity::parse_cpu_millis(&text(v).map_err(|e| format!("task.resource_requests.cpu: {e}"))?)
-                    .map_err(|e| format!("task.resource_requests.cpu: {e}"))?;
+        let named: BTreeMap<String, Value> = [("cpu", &r.cpu), ("memory", &r.memory)]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.to_owned(), v)))
+            .collect();
+        let mut requests = resources("task.resource_requests", &named)?;
+        // A task's extended resources are only those berth schedules (nothing is ignored here).
+        if let Some(name) = r.extended.keys().find(|n| *n != berth_core::resources::GPU_RESOURCE) {
+            return Err(format!(
+                "task.resource_requests.extended.{name}: extended resources other than nvidia.com/gpu are not supported yet"
+            ));
         }
-        if let Some(v) = &r.memory {
-            requests.memory_bytes =
-                quantity::parse_bytes(&text(v).map_err(|e| format!("task.resource_requests.memory: {e}"))?)
-                    .map_err(|e| format!("task.resource_requests.memory: {e}"))?;
-        }
-        requests.gpu = r.gpu.unwrap_or(0);
-        for (name, v) in &r.extended {
-            if name != berth_core::resources::GPU_RESOURCE {
-                return Err(format!(
-                    "task.resource_requests.extended.{name}: extended resources other than nvidia.com/gpu are not supported yet"
-                ));
-            }
-            requests.gpu += count(v).map_err(|e| format!("task.resource_requests.extended.{name}: {e}"))?;
-        }
+        requests.gpu = r.gpu.unwrap_or(0) + resources("task.resource_requests.extended", &r.extended)?.gpu;
         let task = SchedulingSpec {
             task_id: Uuid::nil(),
             tenant: "explain".into(),

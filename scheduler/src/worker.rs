@@ -192,12 +192,12 @@ impl Replica {
     }
 
     async fn refresh(&mut self) -> Result<(), QueueError> {
-        // The epoch first: capacity freed after this read but seen by the snapshot only makes
-        // a parked task look again sooner, never later.
-        self.epoch = self.queue.capacity_epoch().await?;
         // Only the nodes that changed since the last look: a full read of a large cluster on
-        // every reservation would cost more than the decisions.
-        self.queue.refresh_snapshot(&mut self.snapshot).await
+        // every reservation would cost more than the decisions. The epoch comes with it, read
+        // first: capacity freed after that read but seen by the snapshot only makes a parked
+        // task look again sooner, never later.
+        self.epoch = self.queue.refresh_snapshot(&mut self.snapshot).await?;
+        Ok(())
     }
 
     async fn apply(&mut self, spec: &SchedulingSpec, mut decision: Decision) -> Result<(), QueueError> {
