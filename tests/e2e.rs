@@ -246,7 +246,7 @@ async fn three_scheduler_processes_bind_every_task_once_even_when_one_is_killed(
             taints: vec![],
             schedulable: true,
         };
-        allocatable.insert(n.name.clone(), n.allocatable);
+        allocatable.insert(n.name.clone(), n.allocatable.clone());
         queue.upsert_node(&n).await.unwrap();
     }
     let mut reservations = HashMap::new();

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use berth_core::config::ClaimOrder;
+use berth_core::resources::{self, MAX_EXTENDED_PER_TASK};
 use berth_core::{Resources, SchedulingSpec, TaskStatus, Toleration, TolerationOperator, quantity, sim, validate};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,12 @@ pub struct ResourceRequirements {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1024)]
     pub gpu: Option<i64>,
+    /// Other extended resources by their Kubernetes names, in whole units:
+    /// `{"amd.com/gpu": "1"}`. Filtered, scored, reserved and counted for fair share like cpu
+    /// and memory; not covered by tenant quotas.
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>, example = json!({"amd.com/gpu": "1"}))]
+    pub extended: Option<BTreeMap<String, QuantityInput>>,
 }
 
 /// The seed's VolumeMount.
@@ -182,6 +189,29 @@ fn check_requirements(path: &str, r: &ResourceRequirements, errs: &mut Vec<Field
         out.gpu = gpu as u64;
     }
     stored.insert("gpu".into(), json!(gpu.clamp(0, MAX_GPU)));
+    if let Some(ext) = r.extended.as_ref().filter(|e| !e.is_empty()) {
+        if ext.len() > MAX_EXTENDED_PER_TASK {
+            errs.push(FieldError::new(
+                format!("{path}.extended"),
+                format!("must name at most {MAX_EXTENDED_PER_TASK} resources"),
+            ));
+        }
+        let mut kept = serde_json::Map::new();
+        for (name, q) in ext {
+            let at = format!("{path}.extended.{name}");
+            if let Err(e) = resources::check_extended_name(name) {
+                errs.push(FieldError::new(at, format!("name {e}")));
+                continue;
+            }
+            let text = q.text();
+            match resources::parse_count(&text) {
+                Ok(n) => out.extended.set(name.as_str(), n),
+                Err(e) => errs.push(FieldError::new(at, e)),
+            }
+            kept.insert(name.clone(), Value::String(text));
+        }
+        stored.insert("extended".into(), Value::Object(kept));
+    }
     (out, Value::Object(stored))
 }
 
@@ -261,6 +291,17 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
                 "resource_limits.gpu",
                 "must equal resource_requests.gpu (GPUs cannot be overcommitted)",
             ));
+        }
+        // Kubernetes does not overcommit extended resources either: a limit equals the request.
+        for name in l.extended.iter().flatten().map(|(k, _)| k) {
+            if limits.extended.get(name) != requests.extended.get(name) {
+                errs.push(FieldError::new(
+                    format!("resource_limits.extended.{name}"),
+                    format!(
+                        "must equal resource_requests.extended.{name} (extended resources cannot be overcommitted)"
+                    ),
+                ));
+            }
         }
     }
     if let Some(labels) = &req.labels {
@@ -644,7 +685,7 @@ pub(crate) async fn admit(
         .map(|(v, t)| SchedulingSpec {
             task_id: t.id,
             tenant: who.tenant.clone(),
-            requests: v.requests,
+            requests: v.requests.clone(),
             priority: v.priority as u8,
             node_selector: v.req.node_selector.clone().unwrap_or_default(),
             tolerations: v.req.tolerations.clone().unwrap_or_default(),

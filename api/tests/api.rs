@@ -110,6 +110,23 @@ async fn an_admitted_task_is_stored_and_queued(pool: PgPool) {
     assert_eq!(v["data"]["scheduling"]["queue_state"], "ready");
 }
 
+/// An extended resource by name is stored as submitted and queued with the task's
+/// reservation, so the scheduler filters and the ledger reserves it.
+#[sqlx::test(migrations = "../migrations")]
+async fn extended_resources_are_stored_and_queued_by_name(pool: PgPool) {
+    let a = api(pool).await;
+    let t = a.login("alice").await;
+    let mut body = task("amd-job");
+    body["resource_requests"]["extended"] = json!({"amd.com/gpu": "2", "example.com/fpga": 1});
+    body["resource_limits"] = json!({"extended": {"amd.com/gpu": "2"}});
+    let (s, v) = a.submit(&t, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["data"]["resource_requests"]["extended"], json!({"amd.com/gpu": "2", "example.com/fpga": "1"}));
+    let claimed = a.queue.claim("check", 1, Duration::from_secs(30)).await.unwrap();
+    let r = &claimed[0].spec.requests;
+    assert_eq!((r.amount("amd.com/gpu"), r.amount("example.com/fpga"), r.gpu), (2, 1, 1));
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn bad_input_is_400_naming_the_field_and_writes_nothing(pool: PgPool) {
     let a = api(pool).await;
@@ -139,6 +156,33 @@ async fn bad_input_is_400_naming_the_field_and_writes_nothing(pool: PgPool) {
         (with(json!({"resource_requests": {"gpu": "one"}})), "resource_requests.gpu"),
         (with(json!({"resource_requests": {"cpus": "1"}})), "resource_requests.cpus"),
         (with(json!({"resource_limits": {"cpu": "100m"}})), "resource_limits.cpu"),
+        (with(json!({"resource_requests": {"extended": {"fpga": "1"}}})), "resource_requests.extended.fpga"),
+        (
+            with(json!({"resource_requests": {"extended": {"amd.com/gpu": "0.5"}}})),
+            "resource_requests.extended.amd.com/gpu",
+        ),
+        (
+            with(json!({"resource_requests": {"extended": {"amd.com/gpu": "-1"}}})),
+            "resource_requests.extended.amd.com/gpu",
+        ),
+        (
+            with(json!({"resource_requests": {"extended": {"nvidia.com/gpu": "1"}}})),
+            "resource_requests.extended.nvidia.com/gpu",
+        ),
+        (
+            with(json!({"resource_requests": {"extended": {"kubernetes.io/x": "1"}}})),
+            "resource_requests.extended.kubernetes.io/x",
+        ),
+        (
+            with(json!({"resource_requests": {"cpu": "1", "extended": {"amd.com/gpu": "1"}},
+                        "resource_limits": {"extended": {"amd.com/gpu": "2"}}})),
+            "resource_limits.extended.amd.com/gpu",
+        ),
+        (
+            with(json!({"resource_requests": {"extended":
+                (0..9).map(|i| (format!("x{i}.io/r"), json!("1"))).collect::<serde_json::Map<_, _>>()}})),
+            "resource_requests.extended",
+        ),
         (with(json!({"priority": 101})), "priority"),
         (with(json!({"priority": -1})), "priority"),
         (with(json!({"priority": "high"})), "priority"),

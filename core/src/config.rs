@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Taint;
 use crate::quantity::{parse_bytes, parse_cpu_millis};
-use crate::resources::{GPU_RESOURCE, Resources};
+use crate::resources::{self, GPU_RESOURCE, Resources};
 use crate::validate;
 
 /// The JWT secret used when none is configured. Only `berth dev` accepts it.
@@ -464,6 +464,7 @@ impl Default for ClusterConfig {
                 cpu: "16".into(),
                 memory: "64Gi".into(),
                 gpu: 4,
+                extended: BTreeMap::new(),
                 labels: BTreeMap::new(),
                 taints: Vec::new(),
             }],
@@ -488,6 +489,10 @@ pub struct SimNodeConfig {
     pub memory: String,
     #[serde(default)]
     pub gpu: u64,
+    /// Other extended resources each node offers, by name, in whole units:
+    /// `extended = { "amd.com/gpu" = 2 }`.
+    #[serde(default)]
+    pub extended: BTreeMap<String, u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -506,7 +511,12 @@ impl SimNodeConfig {
 
     /// Allocatable resources of each node of the group. Call after [`Config::validate`].
     pub fn allocatable(&self) -> Resources {
-        Resources::new(parse_cpu_millis(&self.cpu).unwrap_or(0), parse_bytes(&self.memory).unwrap_or(0), self.gpu)
+        let mut r =
+            Resources::new(parse_cpu_millis(&self.cpu).unwrap_or(0), parse_bytes(&self.memory).unwrap_or(0), self.gpu);
+        for (name, amount) in &self.extended {
+            r.extended.set(name.as_str(), *amount);
+        }
+        r
     }
 }
 
@@ -779,6 +789,13 @@ impl Config {
                 Ok(_) => {}
                 Err(e) => bad(at("memory"), e.to_string()),
             }
+            for (k, v) in &n.extended {
+                if let Err(e) = resources::check_extended_name(k) {
+                    bad(at(&format!("extended.{k:?}")), e);
+                } else if *v > resources::MAX_EXTENDED_AMOUNT {
+                    bad(at(&format!("extended.{k:?}")), format!("must be at most {}", resources::MAX_EXTENDED_AMOUNT));
+                }
+            }
             for (k, v) in &n.labels {
                 if let Err(e) = validate::label_key(k) {
                     bad(at(&format!("labels.{k:?}")), e);
@@ -829,10 +846,14 @@ fn check_scorer(
         });
     }
     for (name, w) in resources {
-        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str()) {
+        if !["cpu", "memory", GPU_RESOURCE].contains(&name.as_str())
+            && let Err(e) = resources::check_extended_name(name)
+        {
             errs.push(FieldError {
                 path: format!("scorers[{i}].resources.{name:?}"),
-                message: format!("unknown resource (expected cpu, memory or {GPU_RESOURCE})"),
+                message: format!(
+                    "unknown resource (expected cpu, memory, {GPU_RESOURCE} or an extended resource name): {e}"
+                ),
             });
         }
         if !rule(*w) {
@@ -947,6 +968,28 @@ mod tests {
         let e = Config::from_toml_str("[scheduler]\nbatch_sise = 3\n").unwrap_err();
         assert_eq!(paths(e.clone()), vec!["scheduler.batch_sise"], "{e}");
         assert!(e.to_string().contains("batch_sise"), "{e}");
+    }
+
+    #[test]
+    fn extended_resources_are_named_as_kubernetes_names_them() {
+        let c = Config::from_toml_str(
+            "[[cluster.nodes]]\nname = \"amd\"\ncpu = \"8\"\nmemory = \"32Gi\"\nextended = { \"amd.com/gpu\" = 2 }\n\
+             [scheduler.profile]\nscorers = [{ kind = \"resource_fit\", weight = 1, strategy = \"most_allocated\", \
+             resources = { cpu = 1, \"amd.com/gpu\" = 5 } }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.nodes[0].allocatable().amount("amd.com/gpu"), 2);
+        let e = Config::from_toml_str(
+            "[[cluster.nodes]]\nname = \"n\"\ncpu = \"8\"\nmemory = \"1Gi\"\nextended = { fpga = 1 }\n",
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["cluster.nodes[0].extended.\"fpga\""]);
+        let e = Config::from_toml_str(
+            "[scheduler.profile]\nscorers = [{ kind = \"resource_fit\", weight = 1, strategy = \"most_allocated\", \
+             resources = { \"kubernetes.io/x\" = 1 } }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["scheduler.profile.scorers[0].resources.\"kubernetes.io/x\""]);
     }
 
     #[test]

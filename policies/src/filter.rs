@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use berth_core::resources::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES};
 use berth_core::{NodeView, SchedulingSpec, TaintEffect};
 
 /// Why a filter rejected a node. `reason` is short and stable so that rejections across
@@ -55,18 +56,31 @@ impl NodeFilter for ResourcesFit {
         Self::NAME
     }
     fn check(&self, task: &SchedulingSpec, node: &NodeView) -> Result<(), Unfit> {
-        let (need, free) = (task.reservation(), node.free());
-        let reason =
-            match (need.cpu_millis > free.cpu_millis, need.memory_bytes > free.memory_bytes, need.gpu > free.gpu) {
-                (false, false, false) => return Ok(()),
-                (true, false, false) => "insufficient cpu",
-                (false, true, false) => "insufficient memory",
-                (false, false, true) => "insufficient nvidia.com/gpu",
-                (true, true, false) => "insufficient cpu, memory",
-                (true, false, true) => "insufficient cpu, nvidia.com/gpu",
-                (false, true, true) => "insufficient memory, nvidia.com/gpu",
-                (true, true, true) => "insufficient cpu, memory, nvidia.com/gpu",
-            };
+        // Without defaults applied to a copy: the filter runs for every node of every decision.
+        let r = &task.requests;
+        let need = |v: u64, default: u64| if v == 0 { default } else { v };
+        let short = |need: u64, alloc: u64, used: u64| need > alloc.saturating_sub(used);
+        let (a, u) = (&node.allocatable, &node.requested);
+        let cpu = short(need(r.cpu_millis, DEFAULT_CPU_MILLIS), a.cpu_millis, u.cpu_millis);
+        let memory = short(need(r.memory_bytes, DEFAULT_MEMORY_BYTES), a.memory_bytes, u.memory_bytes);
+        let gpu = short(r.gpu, a.gpu, u.gpu);
+        let extended =
+            !r.extended.is_empty() && r.extended.iter().any(|(k, v)| short(v, a.extended.get(k), u.extended.get(k)));
+        let reason = match (cpu, memory, gpu, extended) {
+            (false, false, false, false) => return Ok(()),
+            (true, false, false, false) => "insufficient cpu",
+            (false, true, false, false) => "insufficient memory",
+            (false, false, true, false) => "insufficient nvidia.com/gpu",
+            (true, true, false, false) => "insufficient cpu, memory",
+            (true, false, true, false) => "insufficient cpu, nvidia.com/gpu",
+            (false, true, true, false) => "insufficient memory, nvidia.com/gpu",
+            (true, true, true, false) => "insufficient cpu, memory, nvidia.com/gpu",
+            // Short of an extended resource: rare, and worth the allocation of naming it.
+            _ => {
+                let names = task.reservation().shortfalls(a, u).names().join(", ");
+                return Err(Unfit::new(Self::NAME, format!("insufficient {names}")));
+            }
+        };
         Err(Unfit::new(Self::NAME, reason))
     }
 }

@@ -20,11 +20,12 @@
 //!   requestless tasks, where upstream sums the pods' actual requests.
 //!
 //! A resource the node has none of is skipped (neither score nor weight), and so is an
-//! extended resource (gpu) the task does not request, as upstream does.
+//! extended resource (gpu, or any other by name) the task does not request, as upstream does.
 
 use std::collections::BTreeMap;
 
 use berth_core::config::{FitStrategy, ShapePoint};
+use berth_core::resources::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES};
 use berth_core::{NodeView, Resources, SchedulingSpec};
 
 /// kube-scheduler's `framework.MaxNodeScore`.
@@ -40,46 +41,62 @@ pub trait NodeScorer: Send + Sync {
 }
 
 /// The resources a scorer can weigh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ResourceName {
     Cpu,
     Memory,
     Gpu,
+    /// Any other extended resource, by its Kubernetes name.
+    Extended(String),
 }
 
 impl ResourceName {
-    pub fn parse(name: &str) -> Option<ResourceName> {
+    /// A validated resource name (see `check_scorer` in the config).
+    pub fn parse(name: &str) -> ResourceName {
         match name {
-            "cpu" => Some(ResourceName::Cpu),
-            "memory" => Some(ResourceName::Memory),
-            berth_core::resources::GPU_RESOURCE => Some(ResourceName::Gpu),
-            _ => None,
+            "cpu" => ResourceName::Cpu,
+            "memory" => ResourceName::Memory,
+            berth_core::resources::GPU_RESOURCE => ResourceName::Gpu,
+            other => ResourceName::Extended(other.to_owned()),
         }
     }
 
-    fn of(self, r: &Resources) -> u64 {
+    #[inline]
+    fn of(&self, r: &Resources) -> u64 {
         match self {
             ResourceName::Cpu => r.cpu_millis,
             ResourceName::Memory => r.memory_bytes,
             ResourceName::Gpu => r.gpu,
+            ResourceName::Extended(name) => r.extended.get(name),
         }
     }
 
     /// Upstream's "scalar" resources: skipped when the task does not request them.
-    fn is_extended(self) -> bool {
-        self == ResourceName::Gpu
+    fn is_extended(&self) -> bool {
+        matches!(self, ResourceName::Gpu | ResourceName::Extended(_))
     }
 }
 
-/// (allocatable, node's requested + task's request) of `res`, or None when upstream skips
-/// the resource: the node has none of it, or it is extended and the task asks for none.
-fn amounts(res: ResourceName, node: &NodeView, ask: &Resources) -> Option<(i64, i64)> {
-    let (alloc, asked) = (res.of(&node.allocatable), res.of(ask));
+/// (allocatable, node's requested + `asked`) of `res`, or None when upstream skips the
+/// resource: the node has none of it, or it is extended and the task asks for none.
+fn amounts(res: &ResourceName, node: &NodeView, asked: u64) -> Option<(i64, i64)> {
+    let alloc = res.of(&node.allocatable);
     if alloc == 0 || (res.is_extended() && asked == 0) {
         return None;
     }
     let requested = res.of(&node.requested).saturating_add(asked).min(i64::MAX as u64) as i64;
     Some((alloc.min(i64::MAX as u64) as i64, requested))
+}
+
+/// The task's request of `res` with kube-scheduler's non-zero defaults (cpu, memory), read
+/// without building a defaulted copy of the request.
+#[inline]
+fn with_default(res: &ResourceName, r: &Resources) -> u64 {
+    match (res, res.of(r)) {
+        (ResourceName::Cpu, 0) => DEFAULT_CPU_MILLIS,
+        (ResourceName::Memory, 0) => DEFAULT_MEMORY_BYTES,
+        (_, v) => v,
+    }
 }
 
 /// kube-scheduler's `helper.BuildBrokenLinearFunction`, over already scaled points.
@@ -142,7 +159,7 @@ fn most_requested(requested: i64, capacity: i64) -> i64 {
 }
 
 fn weights_of(weights: &BTreeMap<String, i64>) -> Vec<(ResourceName, i64)> {
-    weights.iter().filter_map(|(k, w)| ResourceName::parse(k).map(|r| (r, *w))).collect()
+    weights.iter().map(|(k, w)| (ResourceName::parse(k), *w)).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -170,10 +187,10 @@ impl NodeScorer for ResourceFit {
     }
 
     fn score(&self, task: &SchedulingSpec, node: &NodeView) -> u64 {
-        let ask = task.requests.with_defaults();
         let (mut total, mut weight_sum) = (0i64, 0i64);
-        for &(res, weight) in &self.weights {
-            let Some((alloc, requested)) = amounts(res, node, &ask) else { continue };
+        for (res, weight) in &self.weights {
+            let weight = *weight;
+            let Some((alloc, requested)) = amounts(res, node, with_default(res, &task.requests)) else { continue };
             let s = match self.strategy {
                 FitStrategy::LeastAllocated => least_requested(requested, alloc),
                 FitStrategy::MostAllocated => most_requested(requested, alloc),
@@ -226,14 +243,14 @@ impl NodeScorer for BalancedAllocation {
 
     fn score(&self, task: &SchedulingSpec, node: &NodeView) -> u64 {
         // Actual requests, no defaults; a task asking for none of these is not scored.
-        let ask = task.requests;
-        if self.resources.iter().all(|r| r.of(&ask) == 0) {
+        let ask = &task.requests;
+        if self.resources.iter().all(|r| r.of(ask) == 0) {
             return 0;
         }
         let fractions: Vec<f64> = self
             .resources
             .iter()
-            .filter_map(|&r| amounts(r, node, &ask))
+            .filter_map(|r| amounts(r, node, r.of(ask)))
             .map(|(alloc, requested)| (requested as f64 / alloc as f64).min(1.0))
             .collect();
         let std = match fractions.len() {
@@ -259,7 +276,7 @@ mod tests {
     //! Q3, S1), because a berth task always has one container, so a request it leaves out
     //! gets the default as upstream's requestless container does (M8 checks exactly that);
     //! L8, whose pod sets memory to an explicit "0" (berth, like a request it leaves out,
-    //! charges that the default); X1–X4, which need two extended resources besides gpu; B9
+    //! charges that the default); B9
     //! and B10, which need DRA; and the "resources not set" errors (L3, M3), which config
     //! defaulting makes impossible, as it does upstream for v1 configs.
     use super::*;
@@ -401,6 +418,35 @@ mod tests {
         assert_eq!(pack.score(&task(0, 0, 2), &holding(n2.clone(), 0, 0, 2)), 10);
         assert_eq!(pack.score(&task(0, 0, 4), &n1), 5);
         assert_eq!(pack.score(&task(0, 0, 4), &n2), 10);
+    }
+
+    #[test]
+    fn multiple_extended_resources_match_upstream() {
+        // X1–X4 (TestResourceBinPackingMultipleExtended): weights intel.com/foo 3, intel.com/bar
+        // 5, shape [(0, 0), (100, 1)]; node1 offers foo 8 / bar 4, node2 foo 4 / bar 8.
+        let (foo, bar) = ("intel.com/foo", "intel.com/bar");
+        let pack = ratio(weights(&[(foo, 3), (bar, 5)]), &[(0, 0), (100, 1)]);
+        let offer = |f, b| {
+            let mut n = node(4000, 10000 << 20, 0);
+            n.allocatable = n.allocatable.with_extended(foo, f).with_extended(bar, b);
+            n
+        };
+        let (n1, n2) = (offer(8, 4), offer(4, 8));
+        let asking = |f, b| {
+            let mut t = task(0, 0, 0);
+            t.requests = t.requests.with_extended(foo, f).with_extended(bar, b);
+            t
+        };
+        // X1: nothing requested: every resource skipped.
+        assert_eq!((pack.score(&task(0, 0, 0), &n1), pack.score(&task(0, 0, 0), &n2)), (0, 0));
+        // X2: foo 2, bar 2: node1 round((2×3 + 5×5) / 8) = 4, node2 round((5×3 + 2×5) / 8) = 3.
+        assert_eq!((pack.score(&asking(2, 2), &n1), pack.score(&asking(2, 2), &n2)), (4, 3));
+        // X3: node2 already holds foo 4, bar 2: foo over capacity scores the shape's 100.
+        let mut held = n2.clone();
+        held.requested = Resources::ZERO.with_extended(foo, 4).with_extended(bar, 2);
+        assert_eq!((pack.score(&asking(2, 2), &n1), pack.score(&asking(2, 2), &held)), (4, 7));
+        // X4: foo 4, bar 2.
+        assert_eq!((pack.score(&asking(4, 2), &n1), pack.score(&asking(4, 2), &n2)), (5, 5));
     }
 
     #[test]

@@ -64,7 +64,8 @@ impl Keys {
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
     }
-    /// Hash: the cluster's schedulable capacity (cpu, mem, gpu), what fair share divides by.
+    /// Hash: the cluster's schedulable capacity (cpu, mem, gpu, extended resources by name),
+    /// what fair share divides by.
     pub fn capacity(&self) -> String {
         format!("{}capacity", self.prefix)
     }

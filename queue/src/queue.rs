@@ -87,6 +87,17 @@ pub struct PolicyReport {
     pub config: serde_json::Value,
 }
 
+/// Amounts from a capacity or usage hash: `cpu`, `mem`, `gpu`, and each other extended
+/// resource by its name (names with a `/`; see claim.lua).
+fn ledger_resources(h: &HashMap<String, i64>) -> Resources {
+    let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
+    let mut r = Resources::new(g("cpu"), g("mem"), g("gpu"));
+    for (name, v) in h.iter().filter(|(k, _)| k.contains('/')) {
+        r.extended.set(name.as_str(), (*v).max(0) as u64);
+    }
+    r
+}
+
 /// A node's ledger hash as the scheduler sees it; None for a node that no longer exists.
 fn node_view(name: String, h: &HashMap<String, String>) -> Result<Option<NodeView>, QueueError> {
     if h.is_empty() {
@@ -100,9 +111,19 @@ fn node_view(name: String, h: &HashMap<String, String>) -> Result<Option<NodeVie
     };
     let meta: NodeMeta = serde_json::from_str(h.get("meta").map(String::as_str).unwrap_or("{}"))
         .map_err(|e| QueueError::Corrupt(format!("node {name} meta: {e}")))?;
+    let mut allocatable = Resources::new(num("alloc_cpu")?, num("alloc_mem")?, num("alloc_gpu")?);
+    let mut requested = Resources::new(num("res_cpu")?, num("res_mem")?, num("res_gpu")?);
+    // Other extended resources: alloc:<name> and res:<name> (see upsert_node.lua, reserve.lua).
+    for (field, _) in h.iter().filter(|(f, _)| f.contains(':')) {
+        if let Some(ext) = field.strip_prefix("alloc:") {
+            allocatable.extended.set(ext, num(field)?);
+        } else if let Some(ext) = field.strip_prefix("res:") {
+            requested.extended.set(ext, num(field)?);
+        }
+    }
     Ok(Some(NodeView {
-        allocatable: Resources::new(num("alloc_cpu")?, num("alloc_mem")?, num("alloc_gpu")?),
-        requested: Resources::new(num("res_cpu")?, num("res_mem")?, num("res_gpu")?),
+        allocatable,
+        requested,
         labels: meta.labels,
         taints: meta.taints,
         schedulable: h.get("schedulable").map(String::as_str) == Some("1"),
@@ -248,7 +269,8 @@ impl Queue {
             .arg(r.memory_bytes)
             .arg(r.gpu)
             .arg(ms(delay))
-            .arg(spec.attempt);
+            .arg(spec.attempt)
+            .arg(r.extended.encode());
         Ok(inv)
     }
 
@@ -321,7 +343,7 @@ impl Queue {
     /// the lease and the node still has room.
     pub async fn reserve(&self, task: &SchedulingSpec, owner: &str, node: &str) -> Result<ReserveOutcome, QueueError> {
         let k = &self.keys;
-        let r: Vec<i64> = SCRIPTS
+        let r: Vec<redis::Value> = SCRIPTS
             .reserve
             .key(k.task(task.task_id))
             .key(k.node(node))
@@ -335,16 +357,23 @@ impl Queue {
             .arg(node)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let u = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok(match r.first() {
-            Some(1) => ReserveOutcome::Bound,
-            Some(-1) => ReserveOutcome::LeaseLost,
-            Some(-2) => ReserveOutcome::NodeUnavailable,
-            Some(0) => ReserveOutcome::NoRoom {
-                allocatable: Resources::new(u(1), u(2), u(3)),
-                reserved: Resources::new(u(4), u(5), u(6)),
-            },
-            other => return Err(QueueError::Corrupt(format!("reserve returned {other:?}"))),
+        let corrupt = || QueueError::Corrupt(format!("reserve returned {r:?}"));
+        let code: i64 =
+            r.first().and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok()).ok_or_else(corrupt)?;
+        Ok(match code {
+            1 => ReserveOutcome::Bound,
+            -1 => ReserveOutcome::LeaseLost,
+            -2 => ReserveOutcome::NodeUnavailable,
+            0 => {
+                let h: HashMap<String, String> = r
+                    .get(1)
+                    .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok())
+                    .ok_or_else(corrupt)?;
+                // The node vanished between the script's reads: not possible inside one script.
+                let n = node_view(node.to_owned(), &h)?.ok_or_else(corrupt)?;
+                ReserveOutcome::NoRoom { allocatable: n.allocatable, reserved: n.requested }
+            }
+            _ => return Err(corrupt()),
         })
     }
 
@@ -509,8 +538,7 @@ impl Queue {
     pub async fn capacity(&self) -> Result<Resources, QueueError> {
         let h: HashMap<String, i64> =
             redis::cmd("HGETALL").arg(self.keys.capacity()).query_async(&mut self.conn.clone()).await?;
-        let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
-        Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
+        Ok(ledger_resources(&h))
     }
 
     /// Replaces the set of suspended tenants (the reconciler copies it from PostgreSQL).
@@ -544,6 +572,7 @@ impl Queue {
             .arg(node.allocatable.gpu)
             .arg(if node.schedulable { 1 } else { 0 })
             .arg(meta)
+            .arg(node.allocatable.extended.encode())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
@@ -631,8 +660,7 @@ impl Queue {
     pub async fn tenant_usage(&self, tenant: &str) -> Result<Resources, QueueError> {
         let h: HashMap<String, i64> =
             redis::cmd("HGETALL").arg(self.keys.usage(tenant)).query_async(&mut self.conn.clone()).await?;
-        let g = |f: &str| h.get(f).copied().unwrap_or(0).max(0) as u64;
-        Ok(Resources::new(g("cpu"), g("mem"), g("gpu")))
+        Ok(ledger_resources(&h))
     }
 
     /// The weighted dominant share (what fair share orders by, as claim.lua computes it) of
@@ -644,24 +672,27 @@ impl Queue {
             tenants.push(tenant.to_owned());
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(self.keys.capacity()).arg(&["cpu", "mem", "gpu"]);
+        pipe.cmd("HGETALL").arg(self.keys.capacity());
         for t in &tenants {
-            pipe.cmd("HMGET").arg(self.keys.usage(t)).arg(&["cpu", "mem", "gpu"]);
+            pipe.cmd("HGETALL").arg(self.keys.usage(t));
             pipe.cmd("HGET").arg(self.keys.weights()).arg(t);
         }
         let mut rows: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let triple = |v: redis::Value| -> [f64; 3] {
-            let v: Vec<Option<f64>> = redis::FromRedisValue::from_redis_value(v).unwrap_or_default();
-            [0, 1, 2].map(|i| v.get(i).copied().flatten().unwrap_or(0.0))
+        let hash = |v: redis::Value| -> HashMap<String, f64> {
+            redis::FromRedisValue::from_redis_value(v).unwrap_or_default()
         };
         let rest = rows.split_off(1);
-        let cap = triple(rows.remove(0));
+        let cap = hash(rows.remove(0));
         let mut out = Vec::new();
         for (t, pair) in tenants.into_iter().zip(rest.chunks(2)) {
-            let used = triple(pair[0].clone());
+            let used = hash(pair[0].clone());
             let weight: Option<f64> = redis::FromRedisValue::from_redis_value(pair[1].clone()).unwrap_or(None);
             let weight = weight.filter(|w| *w > 0.0).unwrap_or(1.0);
-            let dominant = (0..3).filter(|&i| cap[i] > 0.0).map(|i| used[i] / cap[i]).fold(0.0, f64::max);
+            let dominant = cap
+                .iter()
+                .filter(|(_, c)| **c > 0.0)
+                .map(|(name, c)| used.get(name).copied().unwrap_or(0.0) / c)
+                .fold(0.0, f64::max);
             out.push((t, dominant / weight));
         }
         Ok(out)

@@ -512,3 +512,105 @@ async fn a_refreshed_snapshot_equals_a_fresh_one() {
     t.0.refresh_snapshot(&mut snap).await.unwrap();
     assert_eq!(snap, before);
 }
+
+const AMD: &str = "amd.com/gpu";
+
+fn with_amd(mut n: NodeView, amount: u64) -> NodeView {
+    n.allocatable.extended.set(AMD, amount);
+    n
+}
+
+/// Extended resources by name go through the same ledger as cpu: reserved atomically, never
+/// over-committed, counted in the tenant's usage and the cluster's capacity, released.
+#[tokio::test]
+async fn extended_resources_are_reserved_counted_and_released() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&with_amd(node("amd", 8000, 0), 2)).await.unwrap();
+    t.0.upsert_node(&node("plain", 8000, 0)).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap().amount(AMD), 2);
+    let snap = t.0.snapshot().await.unwrap();
+    assert_eq!(snap.node("amd").unwrap().allocatable.amount(AMD), 2);
+    assert_eq!(snap.node("plain").unwrap().allocatable.extended.len(), 0);
+
+    let asks: Vec<SchedulingSpec> = (0..3)
+        .map(|_| {
+            let mut s = spec("a", 0, 100);
+            s.requests.extended.set(AMD, 1);
+            s
+        })
+        .collect();
+    for s in &asks {
+        t.0.enqueue(s, Duration::ZERO).await.unwrap();
+    }
+    let claimed = t.0.claim("s", 3, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed[0].spec.requests.amount(AMD), 1, "the spec keeps its extended request");
+    // A node offering none refuses outright, however much cpu it has.
+    assert!(matches!(t.0.reserve(&asks[0], "s", "plain").await.unwrap(), ReserveOutcome::NoRoom { .. }));
+    assert_eq!(t.0.reserve(&asks[0], "s", "amd").await.unwrap(), ReserveOutcome::Bound);
+    assert_eq!(t.0.reserve(&asks[1], "s", "amd").await.unwrap(), ReserveOutcome::Bound);
+    match t.0.reserve(&asks[2], "s", "amd").await.unwrap() {
+        ReserveOutcome::NoRoom { allocatable, reserved } => {
+            assert_eq!((allocatable.amount(AMD), reserved.amount(AMD)), (2, 2));
+            assert_eq!(reserved.cpu_millis, 200, "the fresh state is the whole node");
+        }
+        other => panic!("a third amd.com/gpu on a node of two: {other:?}"),
+    }
+    assert_eq!(t.0.tenant_usage("a").await.unwrap().amount(AMD), 2);
+    assert_eq!(t.0.snapshot().await.unwrap().node("amd").unwrap().requested.amount(AMD), 2);
+
+    assert!(t.0.finish(asks[0].task_id).await.unwrap());
+    assert!(!t.0.finish(asks[0].task_id).await.unwrap());
+    assert_eq!(t.0.tenant_usage("a").await.unwrap().amount(AMD), 1);
+    assert_eq!(t.0.snapshot().await.unwrap().node("amd").unwrap().requested.amount(AMD), 1);
+    assert_eq!(t.0.reserve(&asks[2], "s", "amd").await.unwrap(), ReserveOutcome::Bound);
+}
+
+/// A node that stops offering an extended resource takes it out of the capacity, and a
+/// re-publish of the same facts changes nothing.
+#[tokio::test]
+async fn a_node_dropping_an_extended_resource_leaves_the_capacity() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&with_amd(node("a", 4000, 0), 4)).await.unwrap();
+    t.0.upsert_node(&with_amd(node("b", 4000, 0), 2)).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap().amount(AMD), 6);
+    assert!(!t.0.upsert_node(&with_amd(node("b", 4000, 0), 2)).await.unwrap(), "unchanged");
+    assert!(t.0.upsert_node(&node("b", 4000, 0)).await.unwrap());
+    assert_eq!(t.0.capacity().await.unwrap().amount(AMD), 4);
+    assert_eq!(t.0.snapshot().await.unwrap().node("b").unwrap().allocatable.amount(AMD), 0);
+    let mut cordoned = with_amd(node("a", 4000, 0), 4);
+    cordoned.schedulable = false;
+    t.0.upsert_node(&cordoned).await.unwrap();
+    assert_eq!(t.0.capacity().await.unwrap().amount(AMD), 0);
+    assert!(!t.0.upsert_node(&cordoned).await.unwrap());
+}
+
+/// Fair share sees an extended resource as a dominant resource like any other: a tenant
+/// holding half the cluster's amd.com/gpu (and almost no cpu) has share 1/2.
+#[tokio::test]
+async fn an_extended_resource_can_be_the_dominant_share() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&with_amd(node("n", 100_000, 0), 4)).await.unwrap();
+    let mut heavy = spec("a", 0, 100);
+    heavy.requests.extended.set(AMD, 2);
+    t.0.enqueue(&heavy, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(t.0.reserve(&heavy, "s", "n").await.unwrap(), ReserveOutcome::Bound);
+    // b holds 30% of the cpu: below a's 1/2 only if amd.com/gpu counts.
+    let b0 = spec("b", 0, 30_000);
+    t.0.enqueue(&b0, Duration::ZERO).await.unwrap();
+    t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(t.0.reserve(&b0, "s", "n").await.unwrap(), ReserveOutcome::Bound);
+    let mut a_next = spec("a", 0, 100);
+    a_next.requests.extended.set(AMD, 1);
+    let b = spec("b", 0, 20_000);
+    t.0.enqueue(&a_next, Duration::ZERO).await.unwrap();
+    t.0.enqueue(&b, Duration::ZERO).await.unwrap();
+    let shares: std::collections::BTreeMap<String, f64> = t.0.fair_shares("a").await.unwrap().into_iter().collect();
+    assert!((shares["a"] - 0.5).abs() < 1e-9, "{shares:?}");
+    assert!((shares["b"] - 0.3).abs() < 1e-9, "{shares:?}");
+    // And claim orders by it: b's next goes before a's.
+    let order = t.0.claim_ordered("s", 2, LEASE, berth_core::config::ClaimOrder::Drf).await.unwrap();
+    let tenants: Vec<&str> = order.iter().map(|c| c.spec.tenant.as_str()).collect();
+    assert_eq!(tenants, ["b", "a"]);
+}

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_core::resources::{self, GPU_RESOURCE};
 use berth_core::{ClusterSnapshot, NodeView, Resources, SchedulingSpec, Taint, Toleration, quantity};
 use berth_policies::Profile;
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,8 @@ pub struct ExplainInput {
 #[serde(deny_unknown_fields)]
 pub struct NodeInput {
     pub name: String,
-    /// Kubernetes resource names to quantities: `cpu`, `memory`, `nvidia.com/gpu`.
+    /// Kubernetes resource names to quantities: `cpu`, `memory`, `nvidia.com/gpu`, any
+    /// extended resource (`amd.com/gpu`); `pods`, `ephemeral-storage` and hugepages are ignored.
     pub allocatable: BTreeMap<String, Value>,
     /// What is already placed on the node, in the same form.
     #[serde(default)]
@@ -97,14 +99,6 @@ fn text(v: &Value) -> Result<String, String> {
     }
 }
 
-fn count(v: &Value) -> Result<u64, String> {
-    let millis = quantity::parse_cpu_millis(&text(v)?).map_err(|e| e.to_string())?;
-    if millis % 1000 != 0 {
-        return Err("must be a whole number".into());
-    }
-    Ok(millis / 1000)
-}
-
 fn resources(at: &str, m: &BTreeMap<String, Value>) -> Result<Resources, String> {
     let mut r = Resources::ZERO;
     for (name, v) in m {
@@ -116,9 +110,14 @@ fn resources(at: &str, m: &BTreeMap<String, Value>) -> Result<Resources, String>
             "memory" => {
                 r.memory_bytes = quantity::parse_bytes(&text(v).map_err(bad)?).map_err(|e| bad(e.to_string()))?
             }
-            berth_core::resources::GPU_RESOURCE => r.gpu = count(v).map_err(bad)?,
             n if ignored_resource(n) => {}
-            _ => return Err(bad("extended resources other than nvidia.com/gpu are not supported yet".into())),
+            n => {
+                if n != GPU_RESOURCE {
+                    resources::check_extended_name(n)
+                        .map_err(|e| bad(format!("not a resource berth schedules: {e}")))?;
+                }
+                r.set(n, resources::parse_count(&text(v).map_err(bad)?).map_err(bad)?);
+            }
         }
     }
     Ok(r)
@@ -150,13 +149,13 @@ impl ExplainInput {
             .filter_map(|(k, v)| v.clone().map(|v| (k.to_owned(), v)))
             .collect();
         let mut requests = resources("task.resource_requests", &named)?;
-        // A task's extended resources are only those berth schedules (nothing is ignored here).
-        if let Some(name) = r.extended.keys().find(|n| *n != berth_core::resources::GPU_RESOURCE) {
-            return Err(format!(
-                "task.resource_requests.extended.{name}: extended resources other than nvidia.com/gpu are not supported yet"
-            ));
+        let at = "task.resource_requests.extended";
+        if let Some(name) = r.extended.keys().find(|n| ignored_resource(n)) {
+            return Err(format!("{at}.{name}: not a resource berth schedules"));
         }
-        requests.gpu = r.gpu.unwrap_or(0) + resources("task.resource_requests.extended", &r.extended)?.gpu;
+        let extended = resources(at, &r.extended)?;
+        requests.gpu = r.gpu.unwrap_or(0) + extended.gpu;
+        requests.extended = extended.extended;
         let task = SchedulingSpec {
             task_id: Uuid::nil(),
             tenant: "explain".into(),
@@ -241,11 +240,30 @@ mod tests {
     }
 
     #[test]
+    fn extended_resources_are_filtered_and_named() {
+        let out = run(r#"{"nodes": [
+            {"name": "amd", "allocatable": {"cpu": "8", "memory": "32Gi", "amd.com/gpu": "2"},
+             "requested": {"amd.com/gpu": "1"}},
+            {"name": "full", "allocatable": {"cpu": "8", "memory": "32Gi", "amd.com/gpu": "1"},
+             "requested": {"amd.com/gpu": "1"}},
+            {"name": "plain", "allocatable": {"cpu": "8", "memory": "32Gi"}}],
+            "task": {"resource_requests": {"cpu": "1", "memory": "1Gi", "extended": {"amd.com/gpu": "1"}}}}"#)
+        .unwrap();
+        assert_eq!(out.selected.as_deref(), Some("amd"));
+        for i in [1, 2] {
+            assert_eq!(out.nodes[i].unfit, vec!["insufficient amd.com/gpu".to_string()], "{:?}", out.nodes[i]);
+        }
+    }
+
+    #[test]
     fn bad_input_names_its_place() {
         let e = run(r#"{"nodes": [{"name": "n1", "allocatable": {"cpu": "4x"}}], "task": {}}"#).unwrap_err();
         assert!(e.starts_with("nodes[0].allocatable.cpu:"), "{e}");
-        let e = run(r#"{"nodes": [], "task": {"resource_requests": {"extended": {"amd.com/gpu": "1"}}}}"#).unwrap_err();
-        assert!(e.contains("extended.amd.com/gpu"), "{e}");
+        let e = run(r#"{"nodes": [], "task": {"resource_requests": {"extended": {"fpga": "1"}}}}"#).unwrap_err();
+        assert!(e.starts_with("task.resource_requests.extended.fpga: not a resource berth schedules"), "{e}");
+        let e =
+            run(r#"{"nodes": [], "task": {"resource_requests": {"extended": {"amd.com/gpu": "0.5"}}}}"#).unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
         let e = run(r#"{"nodes": [{"name": "a", "allocatable": {}}, {"name": "a", "allocatable": {}}], "task": {}}"#)
             .unwrap_err();
         assert!(e.contains("appears twice"), "{e}");

@@ -222,3 +222,55 @@ async fn weighted_shares_hold_two_to_one_under_a_steady_stream() {
     eprintln!("{} samples, {windows} windows of 10 s, all within 5% of 2:1", samples.len());
     assert!(windows > 0);
 }
+
+/// An extended resource by name through the real loop: tasks asking `amd.com/gpu` land only
+/// on nodes offering it, never more than offered, and the rest park saying why; tasks asking
+/// none are not held back by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_resources_place_only_where_offered_and_never_overcommit() {
+    const AMD: &str = "amd.com/gpu";
+    let (queue, _cleanup) = partition().await;
+    for i in 0..2 {
+        let mut n = node(&format!("amd-{i}"), 8000, 32 << 30);
+        n.allocatable.extended.set(AMD, 2);
+        queue.upsert_node(&n).await.unwrap();
+    }
+    for i in 0..4 {
+        queue.upsert_node(&node(&format!("plain-{i}"), 64_000, 256 << 30)).await.unwrap();
+    }
+    let mut amd_tasks = Vec::new();
+    for _ in 0..6 {
+        let mut t = task("a", 1000, 1 << 30);
+        t.requests.extended.set(AMD, 1);
+        queue.enqueue(&t, Duration::ZERO).await.unwrap();
+        amd_tasks.push(t.task_id);
+    }
+    for _ in 0..4 {
+        queue.enqueue(&task("a", 1000, 1 << 30), Duration::ZERO).await.unwrap();
+    }
+    let q = queue.clone();
+    let parked_all = async || {
+        let states = q.task_states(&amd_tasks).await.unwrap();
+        states.iter().flatten().filter(|s| s.state == "parked").count() == 2
+            && q.tenant_usage("a").await.unwrap().cpu_millis == 8000
+    };
+    run_scheduler(&queue, config(vec![OrderConfig::Priority, OrderConfig::Fifo]), parked_all).await;
+    let snap = queue.snapshot().await.unwrap();
+    for n in &snap.nodes {
+        let held = n.requested.amount(AMD);
+        if n.name.starts_with("amd") {
+            assert_eq!(held, 2, "{}: {:?}", n.name, n.requested);
+        } else {
+            assert_eq!(held, 0, "{} offers no {AMD}: {:?}", n.name, n.requested);
+        }
+    }
+    assert_eq!(queue.tenant_usage("a").await.unwrap().amount(AMD), 4);
+    assert_eq!(queue.tenant_usage("a").await.unwrap().cpu_millis, 8000, "all four cpu-only tasks bound");
+    let states = queue.task_states(&amd_tasks).await.unwrap();
+    let parked: Vec<_> = states.iter().flatten().filter(|s| s.state == "parked").collect();
+    assert_eq!(parked.len(), 2, "{states:?}");
+    for s in parked {
+        let reason = s.reason.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("0/6 nodes fit:") && reason.contains(&format!("insufficient {AMD}")), "{reason}");
+    }
+}

@@ -42,7 +42,7 @@ async fn three_replicas_never_overcommit_and_bind_each_task_once() {
             taints: vec![],
             schedulable: true,
         };
-        allocatable.insert(n.name.clone(), n.allocatable);
+        allocatable.insert(n.name.clone(), n.allocatable.clone());
         queue.upsert_node(&n).await.unwrap();
     }
     let mut reservations = HashMap::new();
@@ -145,7 +145,7 @@ async fn three_replicas_never_overcommit_and_bind_each_task_once() {
         assert!(n.requested.fits_in(&n.allocatable), "node {} over-committed", n.name);
         assert_eq!(
             n.requested,
-            per_node.get(&n.name).copied().unwrap_or_default(),
+            per_node.get(&n.name).cloned().unwrap_or_default(),
             "ledger of {} disagrees with its bindings",
             n.name
         );

@@ -72,13 +72,18 @@ table.sort(tenants, function(a, b) return a.name < b.name end)
 -- goes to the lowest share, and the pick's reservation counts towards its tenant's share
 -- for the next pick.
 local mode = ARGV[6]
+-- Resource name -> amount, from a hash as HGETALL gives it (cpu, mem, gpu and each
+-- extended resource by name).
+local function amounts(flat)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = tonumber(flat[i + 1]) or 0 end
+  return m
+end
 local cap = {}
 if mode ~= 'priority' then
-  local c = redis.call('HMGET', prefix .. 'capacity', 'cpu', 'mem', 'gpu')
-  cap = { tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0 }
+  cap = amounts(redis.call('HGETALL', prefix .. 'capacity'))
   for _, t in ipairs(tenants) do
-    local u = redis.call('HMGET', prefix .. 'usage:' .. t.name, 'cpu', 'mem', 'gpu')
-    t.used = { tonumber(u[1]) or 0, tonumber(u[2]) or 0, tonumber(u[3]) or 0 }
+    t.used = amounts(redis.call('HGETALL', prefix .. 'usage:' .. t.name))
     local w = tonumber(redis.call('HGET', prefix .. 'weights', t.name))
     if not w or w <= 0 then w = 1 end
     t.weight = w
@@ -86,9 +91,9 @@ if mode ~= 'priority' then
 end
 local function share(t)
   local s = 0
-  for i = 1, 3 do
-    if cap[i] > 0 then
-      local x = t.used[i] / cap[i]
+  for name, c in pairs(cap) do
+    if c > 0 then
+      local x = (t.used[name] or 0) / c
       if x > s then s = x end
     end
   end
@@ -128,7 +133,7 @@ while taken < batch do
   if redis.call('ZCARD', ready) == 0 then
     redis.call('SREM', KEYS[1], best.name)
   end
-  local f = redis.call('HMGET', task, 'spec', 'seq', 'attempt', 'cpu', 'mem', 'gpu')
+  local f = redis.call('HMGET', task, 'spec', 'seq', 'attempt', 'cpu', 'mem', 'gpu', 'ext')
   -- A ready entry whose hash is gone (partial data loss) is dropped, not leased: leasing
   -- would create a partial hash that blocks the reconciler's re-enqueue.
   if f[1] then
@@ -140,9 +145,15 @@ while taken < batch do
     out[#out + 1] = f[3]
     taken = taken + 1
     if best.used then
-      best.used[1] = best.used[1] + (tonumber(f[4]) or 0)
-      best.used[2] = best.used[2] + (tonumber(f[5]) or 0)
-      best.used[3] = best.used[3] + (tonumber(f[6]) or 0)
+      local u = best.used
+      u.cpu = (u.cpu or 0) + (tonumber(f[4]) or 0)
+      u.mem = (u.mem or 0) + (tonumber(f[5]) or 0)
+      u.gpu = (u.gpu or 0) + (tonumber(f[6]) or 0)
+      if f[7] then
+        for name, amount in string.gmatch(f[7], '([^,=]+)=(%d+)') do
+          u[name] = (u[name] or 0) + tonumber(amount)
+        end
+      end
     end
   end
 end

@@ -5,6 +5,7 @@
 -- ARGV[1] task id  ARGV[2] spec JSON (opaque here)  ARGV[3] tenant  ARGV[4] priority 0..100
 -- ARGV[5] reservation cpu millis  ARGV[6] memory bytes  ARGV[7] gpus
 -- ARGV[8] delay in ms (0 = ready now)  ARGV[9] attempt
+-- ARGV[10] other extended resources, "name=amount,..." ('' for none; kept only if any)
 -- Returns the task's sequence number, or 0 if it was already queued.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -15,6 +16,9 @@ local state = 'ready'
 if delay > 0 then state = 'delayed' end
 redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'tenant', ARGV[3], 'prio', ARGV[4],
   'cpu', ARGV[5], 'mem', ARGV[6], 'gpu', ARGV[7], 'seq', seq, 'attempt', ARGV[9], 'state', state)
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'ext', ARGV[10])
+end
 if delay > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -5,7 +5,7 @@
 -- ARGV[1] task id  ARGV[2] prefix  ARGV[3] 'finish' | 'retry'  ARGV[4] attempt that ended
 -- ARGV[5] retry delay ms
 -- Returns 1 if anything changed, 0 if the task was unknown or the attempt already handled.
-local f = redis.call('HMGET', KEYS[1], 'state', 'node', 'tenant', 'cpu', 'mem', 'gpu', 'attempt', 'prio', 'seq')
+local f = redis.call('HMGET', KEYS[1], 'state', 'node', 'tenant', 'cpu', 'mem', 'gpu', 'attempt', 'prio', 'seq', 'ext')
 if not f[1] then
   return 0
 end
@@ -27,6 +27,12 @@ if f[1] == 'bound' and f[2] then
   dec(usage, 'cpu', f[4])
   dec(usage, 'mem', f[5])
   dec(usage, 'gpu', f[6])
+  if f[10] then
+    for name, amount in string.gmatch(f[10], '([^,=]+)=(%d+)') do
+      dec(node, 'res:' .. name, amount)
+      dec(usage, name, amount)
+    end
+  end
   redis.call('ZADD', ARGV[2] .. 'nodes:changed', redis.call('INCR', KEYS[2]), f[2])
   -- Capacity freed: parked tasks get another look (claim.lua).
   redis.call('INCR', ARGV[2] .. 'capacity_epoch')
