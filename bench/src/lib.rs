@@ -79,7 +79,11 @@ pub fn tasks(n: usize, seed: u64) -> Vec<SchedulingSpec> {
 /// framework around it, the speed limit of a scheduler that looks at every node.
 pub fn best_fit<'a>(snapshot: &'a ClusterSnapshot, task: &SchedulingSpec) -> Option<&'a NodeView> {
     let need = task.reservation();
-    snapshot.nodes.iter().filter(|n| need.fits_in(&n.free())).min_by_key(|n| n.free().cpu_millis - need.cpu_millis)
+    snapshot
+        .nodes
+        .iter()
+        .filter(|n| !need.shortfalls(&n.allocatable, &n.requested).any())
+        .min_by_key(|n| n.allocatable.cpu_millis - n.requested.cpu_millis - need.cpu_millis)
 }
 
 #[cfg(test)]

@@ -18,47 +18,74 @@ pub const MAX_EXTENDED_PER_TASK: usize = 8;
 pub const MAX_EXTENDED_AMOUNT: u64 = 1_000_000;
 
 /// Extended resources other than `nvidia.com/gpu`, by name, in whole units. Never holds a
-/// zero amount, so equal maps mean equal amounts; empty (the common case) allocates nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Extended(BTreeMap<String, u64>);
+/// zero amount, so equal maps mean equal amounts. Empty (the common case) is a null pointer:
+/// nothing to allocate, copy or drop on the scheduler's per-node paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Extended(Option<Box<BTreeMap<String, u64>>>);
+
+impl Serialize for Extended {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(m) => m.serialize(s),
+            None => BTreeMap::<String, u64>::new().serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Extended {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, u64>::deserialize(d)?;
+        Ok(m.into_iter().collect())
+    }
+}
 
 impl Extended {
+    pub const NONE: Extended = Extended(None);
+
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.as_ref().map_or(0, |m| m.len())
     }
 
+    #[inline]
     pub fn get(&self, name: &str) -> u64 {
-        if self.0.is_empty() { 0 } else { self.0.get(name).copied().unwrap_or(0) }
+        match &self.0 {
+            None => 0,
+            Some(m) => m.get(name).copied().unwrap_or(0),
+        }
     }
 
     /// Sets `name` to `amount`; zero removes it.
     pub fn set(&mut self, name: impl Into<String>, amount: u64) {
         let name = name.into();
         if amount == 0 {
-            self.0.remove(&name);
+            if let Some(m) = &mut self.0 {
+                m.remove(&name);
+                if m.is_empty() {
+                    self.0 = None;
+                }
+            }
         } else {
-            self.0.insert(name, amount);
+            self.0.get_or_insert_with(Default::default).insert(name, amount);
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+        self.0.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.as_str(), *v))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.iter().map(|(k, _)| k)
     }
 
     /// The form the Redis scripts read: `name=amount` pairs joined by `,` (names hold
     /// neither), empty for none.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        for (i, (k, v)) in self.0.iter().enumerate() {
+        for (i, (k, v)) in self.iter().enumerate() {
             if i > 0 {
                 s.push(',');
             }
@@ -78,6 +105,18 @@ impl Extended {
             out.set(k, v);
         }
         Ok(out)
+    }
+
+    /// `self` with each amount of `other` combined by `f` (zero where absent on either side).
+    fn combine(&self, other: &Extended, f: impl Fn(u64, u64) -> u64) -> Extended {
+        if other.is_empty() {
+            return self.clone();
+        }
+        let mut out = self.clone();
+        for (k, v) in other.iter() {
+            out.set(k, f(out.get(k), v));
+        }
+        out
     }
 }
 
@@ -104,10 +143,10 @@ pub struct Resources {
 
 impl Resources {
     pub const ZERO: Resources =
-        Resources { cpu_millis: 0, memory_bytes: 0, gpu: 0, extended: Extended(BTreeMap::new()) };
+        Resources { cpu_millis: 0, memory_bytes: 0, gpu: 0, extended: Extended::NONE };
 
     pub const fn new(cpu_millis: u64, memory_bytes: u64, gpu: u64) -> Self {
-        Resources { cpu_millis, memory_bytes, gpu, extended: Extended(BTreeMap::new()) }
+        Resources { cpu_millis, memory_bytes, gpu, extended: Extended::NONE }
     }
 
     /// `self` with extended resource `name` set to `amount`.
@@ -146,10 +185,7 @@ impl Resources {
     }
 
     pub fn saturating_sub(&self, other: &Resources) -> Resources {
-        let mut extended = self.extended.clone();
-        for (k, v) in other.extended.iter() {
-            extended.set(k, extended.get(k).saturating_sub(v));
-        }
+        let extended = self.extended.combine(&other.extended, u64::saturating_sub);
         Resources {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
@@ -159,10 +195,7 @@ impl Resources {
     }
 
     pub fn saturating_add(&self, other: &Resources) -> Resources {
-        let mut extended = self.extended.clone();
-        for (k, v) in other.extended.iter() {
-            extended.set(k, extended.get(k).saturating_add(v));
-        }
+        let extended = self.extended.combine(&other.extended, u64::saturating_add);
         Resources {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),

@@ -61,13 +61,13 @@ impl ResourceName {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn of(&self, r: &Resources) -> u64 {
         match self {
             ResourceName::Cpu => r.cpu_millis,
             ResourceName::Memory => r.memory_bytes,
             ResourceName::Gpu => r.gpu,
-            ResourceName::Extended(name) => r.extended.get(name),
+            ResourceName::Extended(name) => extended_amount(r, name),
         }
     }
 
@@ -77,8 +77,15 @@ impl ResourceName {
     }
 }
 
+/// Out of line, so that the per-node paths for cpu, memory and gpu stay small enough to inline.
+#[inline(never)]
+fn extended_amount(r: &Resources, name: &str) -> u64 {
+    r.extended.get(name)
+}
+
 /// (allocatable, node's requested + `asked`) of `res`, or None when upstream skips the
 /// resource: the node has none of it, or it is extended and the task asks for none.
+#[inline(always)]
 fn amounts(res: &ResourceName, node: &NodeView, asked: u64) -> Option<(i64, i64)> {
     let alloc = res.of(&node.allocatable);
     if alloc == 0 || (res.is_extended() && asked == 0) {
@@ -90,7 +97,7 @@ fn amounts(res: &ResourceName, node: &NodeView, asked: u64) -> Option<(i64, i64)
 
 /// The task's request of `res` with kube-scheduler's non-zero defaults (cpu, memory), read
 /// without building a defaulted copy of the request.
-#[inline]
+#[inline(always)]
 fn with_default(res: &ResourceName, r: &Resources) -> u64 {
     match (res, res.of(r)) {
         (ResourceName::Cpu, 0) => DEFAULT_CPU_MILLIS,
