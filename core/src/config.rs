@@ -259,6 +259,22 @@ pub struct ProfileConfig {
     pub filters: Vec<FilterConfig>,
     pub scorers: Vec<ScorerConfig>,
     pub order: Vec<OrderConfig>,
+    /// 0 (default): every node is filtered and scored, as kube-scheduler does with
+    /// `percentageOfNodesToScore: 100`. N > 0: a decision scores at most N feasible nodes,
+    /// taken from an index of nodes by free CPU in the direction the first `resource_fit`
+    /// scorer prefers (tightest first when it packs, emptiest first when it spreads). Needs
+    /// such a scorer. A task no indexed candidate fits is judged against every node.
+    pub candidate_limit: u32,
+}
+
+/// Which end of the free-CPU index a candidate search starts from (see
+/// [`ProfileConfig::candidate_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateOrder {
+    /// Least free CPU first: the profile packs.
+    Tightest,
+    /// Most free CPU first: the profile spreads.
+    Emptiest,
 }
 
 impl Default for ProfileConfig {
@@ -279,6 +295,7 @@ impl Default for ProfileConfig {
                 resources: BTreeMap::from([("cpu".into(), 1), ("memory".into(), 1), (GPU_RESOURCE.into(), 3)]),
             }],
             order: vec![OrderConfig::Priority, OrderConfig::Fifo],
+            candidate_limit: 0,
         }
     }
 }
@@ -874,9 +891,37 @@ impl ProfileConfig {
         }
     }
 
+    /// The direction a candidate search takes: that of the first `resource_fit` scorer,
+    /// None when there is none or its shape is flat.
+    pub fn candidate_order(&self) -> Option<CandidateOrder> {
+        self.scorers.iter().find_map(|s| match s {
+            ScorerConfig::ResourceFit { strategy: FitStrategy::MostAllocated, .. } => Some(CandidateOrder::Tightest),
+            ScorerConfig::ResourceFit { strategy: FitStrategy::LeastAllocated, .. } => Some(CandidateOrder::Emptiest),
+            ScorerConfig::ResourceFit { strategy: FitStrategy::RequestedToCapacityRatio, shape, .. } => {
+                match (shape.first(), shape.last()) {
+                    (Some(a), Some(b)) if b.score > a.score => Some(CandidateOrder::Tightest),
+                    (Some(a), Some(b)) if b.score < a.score => Some(CandidateOrder::Emptiest),
+                    _ => None,
+                }
+            }
+            ScorerConfig::BalancedAllocation { .. } => None,
+        })
+    }
+
     /// Problems with the profile; paths are relative to the profile.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
+        if self.candidate_limit > 0 && self.candidate_order().is_none() {
+            errs.push(FieldError {
+                path: "candidate_limit".into(),
+                message: "needs a resource_fit scorer that packs or spreads (most_allocated, least_allocated, \
+                          or a requested_to_capacity_ratio shape that rises or falls) to order candidates by"
+                    .into(),
+            });
+        }
+        if self.candidate_limit > 1_000_000 {
+            errs.push(FieldError { path: "candidate_limit".into(), message: "must be at most 1000000".into() });
+        }
         for (i, o) in self.order.iter().enumerate() {
             if self.order[..i].contains(o) {
                 errs.push(FieldError { path: format!("order[{i}]"), message: "order listed twice".into() });
@@ -990,6 +1035,24 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(paths(e), vec!["scheduler.profile.scorers[0].resources.\"kubernetes.io/x\""]);
+    }
+
+    #[test]
+    fn a_candidate_limit_needs_a_direction() {
+        let c = Config::from_toml_str("[scheduler.profile]\ncandidate_limit = 128\n").unwrap();
+        assert_eq!(c.scheduler.profile.candidate_order(), Some(CandidateOrder::Tightest));
+        let e = Config::from_toml_str(
+            "[scheduler.profile]\ncandidate_limit = 128\nscorers = [{ kind = \"balanced_allocation\", weight = 1 }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["scheduler.profile.candidate_limit"]);
+        let spread = Config::from_toml_str(
+            "[scheduler.profile]\ncandidate_limit = 8\nscorers = [{ kind = \"resource_fit\", weight = 1, \
+             strategy = \"requested_to_capacity_ratio\", shape = [{ utilization = 0, score = 10 }, \
+             { utilization = 100, score = 0 }] }]\n",
+        )
+        .unwrap();
+        assert_eq!(spread.scheduler.profile.candidate_order(), Some(CandidateOrder::Emptiest));
     }
 
     #[test]

@@ -58,11 +58,20 @@ pub struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
+    /// The position of node `name`: a binary search, as snapshots read from the ledger are
+    /// sorted by name, falling back to a scan for one built in another order.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        match self.nodes.binary_search_by(|n| n.name.as_str().cmp(name)) {
+            Ok(i) => Some(i),
+            Err(_) => self.nodes.iter().position(|n| n.name == name),
+        }
+    }
+
     pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeView> {
-        self.nodes.iter_mut().find(|n| n.name == name)
+        self.position(name).map(|i| &mut self.nodes[i])
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeView> {
-        self.nodes.iter().find(|n| n.name == name)
+        self.position(name).map(|i| &self.nodes[i])
     }
 }

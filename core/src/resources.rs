@@ -21,6 +21,7 @@ pub const MAX_EXTENDED_AMOUNT: u64 = 1_000_000;
 /// zero amount, so equal maps mean equal amounts. Empty (the common case) is a null pointer:
 /// nothing to allocate, copy or drop on the scheduler's per-node paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[allow(clippy::box_collection, reason = "one pointer, not a map's three words, in every Resources")]
 pub struct Extended(Option<Box<BTreeMap<String, u64>>>);
 
 impl Serialize for Extended {
@@ -142,8 +143,7 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub const ZERO: Resources =
-        Resources { cpu_millis: 0, memory_bytes: 0, gpu: 0, extended: Extended::NONE };
+    pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0, gpu: 0, extended: Extended::NONE };
 
     pub const fn new(cpu_millis: u64, memory_bytes: u64, gpu: u64) -> Self {
         Resources { cpu_millis, memory_bytes, gpu, extended: Extended::NONE }

@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use berth_core::config::{ClaimOrder, FilterConfig, OrderConfig, ProfileConfig, ScorerConfig};
+use berth_core::config::{CandidateOrder, ClaimOrder, FilterConfig, OrderConfig, ProfileConfig, ScorerConfig};
 use berth_core::{NodeView, SchedulingSpec};
 use thiserror::Error;
 
@@ -28,6 +28,7 @@ pub struct Profile {
     scorers: Vec<(Box<dyn NodeScorer>, u64)>,
     orders: Vec<Box<dyn QueueOrder>>,
     claim_order: ClaimOrder,
+    candidates: Option<(CandidateOrder, usize)>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -36,6 +37,7 @@ impl std::fmt::Debug for Profile {
             .field("filters", &self.filters.iter().map(|x| x.name()).collect::<Vec<_>>())
             .field("scorers", &self.scorers.iter().map(|(s, w)| (s.name(), *w)).collect::<Vec<_>>())
             .field("orders", &self.orders.iter().map(|o| o.name()).collect::<Vec<_>>())
+            .field("candidates", &self.candidates)
             .finish()
     }
 }
@@ -86,7 +88,17 @@ impl Profile {
                 }
             })
             .collect();
-        Ok(Profile { filters, scorers, orders, claim_order: config.claim_order() })
+        let candidates = match config.candidate_limit {
+            0 => None,
+            n => config.candidate_order().map(|o| (o, n as usize)),
+        };
+        Ok(Profile { filters, scorers, orders, claim_order: config.claim_order(), candidates })
+    }
+
+    /// The candidate search (direction, limit) when the profile bounds its decisions with a
+    /// `candidate_limit`; None when every node is scored.
+    pub fn candidates(&self) -> Option<(CandidateOrder, usize)> {
+        self.candidates
     }
 
     /// How the claim script orders work across tenants.

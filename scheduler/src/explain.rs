@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::decide::{Decision, decide};
+use crate::candidates::CandidateIndex;
+use crate::decide::{Decision, decide_with};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,7 +173,9 @@ impl ExplainInput {
 
 /// Explains where `task` goes on `snapshot` under `profile`.
 pub fn explain(snapshot: &ClusterSnapshot, task: &SchedulingSpec, profile: &Profile) -> Explanation {
-    let selected = match decide(snapshot, std::slice::from_ref(task), profile).into_iter().next() {
+    // The scheduler's own search, candidate index included when the profile has one.
+    let mut index = profile.candidates().map(|(order, limit)| CandidateIndex::new(order, limit, snapshot));
+    let selected = match decide_with(snapshot, index.as_mut(), std::slice::from_ref(task), profile).into_iter().next() {
         Some(Decision::Place { node, .. }) => Some(node),
         _ => None,
     };

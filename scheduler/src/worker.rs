@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_core::config::SchedulerConfig;
-use berth_core::{ClusterSnapshot, SchedulingSpec};
+use berth_core::{ClusterSnapshot, NodeView, SchedulingSpec};
 use berth_policies::Profile;
 use berth_queue::{PolicyReport, Queue, QueueError, ReserveOutcome};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::decide::{Decision, decide};
+use crate::candidates::CandidateIndex;
+use crate::decide::{Decision, decide_with};
 
 #[derive(Debug, Error)]
 pub enum SchedulerError {
@@ -43,6 +44,8 @@ struct Replica {
     snapshot: ClusterSnapshot,
     /// The capacity epoch read with the snapshot: what parked tasks were judged at.
     epoch: u64,
+    /// The free-CPU index over `snapshot`, for a profile with a `candidate_limit`.
+    index: Option<CandidateIndex>,
     stats: Arc<SchedulerStats>,
 }
 
@@ -73,7 +76,8 @@ pub async fn run_reloading(
     let config = configs.borrow_and_update().clone();
     let profile = Profile::build(&config.profile)?;
     info!(%owner, version = %config.version(), ?profile, "scheduler started");
-    let mut replica = Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), epoch: 0, stats };
+    let mut replica =
+        Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), epoch: 0, index: None, stats };
     let mut loaded_at = chrono::Utc::now().timestamp_millis();
     let mut reported: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -86,6 +90,8 @@ pub async fn run_reloading(
                     metrics::gauge!("berth_scheduler_policy_info", "replica" => replica.owner.clone(), "version" => old.clone()).set(0.0);
                     replica.profile = profile;
                     replica.config = next;
+                    // The candidate search may have changed direction or limit.
+                    replica.index = None;
                     loaded_at = chrono::Utc::now().timestamp_millis();
                     reported = None;
                     info!(owner = %replica.owner, from = %old, to = %new, profile = ?replica.profile, "scheduling policy reloaded");
@@ -165,7 +171,7 @@ impl Replica {
             self.hand_back(&specs).await;
             return Err(e);
         }
-        let decisions = decide(&self.snapshot, &specs, &self.profile);
+        let decisions = decide_with(&self.snapshot, self.index.as_mut(), &specs, &self.profile);
         for (i, decision) in decisions.iter().enumerate() {
             let spec = specs.iter().find(|s| s.task_id == decision.task_id()).expect("decision for a claimed task");
             if let Err(e) = self.apply(spec, decision.clone()).await {
@@ -191,12 +197,27 @@ impl Replica {
         }
     }
 
+    /// Changes what this replica knows of node `name`, keeping the index in step.
+    fn update_node(&mut self, name: &str, f: impl FnOnce(&mut NodeView)) {
+        if let Some(i) = self.snapshot.position(name) {
+            f(&mut self.snapshot.nodes[i]);
+            if let Some(index) = &mut self.index {
+                index.update(i, &self.snapshot.nodes[i]);
+            }
+        }
+    }
+
     async fn refresh(&mut self) -> Result<(), QueueError> {
         // Only the nodes that changed since the last look: a full read of a large cluster on
         // every reservation would cost more than the decisions. The epoch comes with it, read
         // first: capacity freed after that read but seen by the snapshot only makes a parked
         // task look again sooner, never later.
         self.epoch = self.queue.refresh_snapshot(&mut self.snapshot).await?;
+        match (&mut self.index, self.profile.candidates()) {
+            (Some(index), Some(_)) => index.sync(&self.snapshot),
+            (slot, Some((order, limit))) => *slot = Some(CandidateIndex::new(order, limit, &self.snapshot)),
+            (slot, None) => *slot = None,
+        }
         Ok(())
     }
 
@@ -217,9 +238,7 @@ impl Replica {
                 ReserveOutcome::Bound => {
                     self.stats.bound.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("berth_scheduler_bound_total").increment(1);
-                    if let Some(n) = self.snapshot.node_mut(&node) {
-                        n.requested = n.requested.saturating_add(&spec.reservation());
-                    }
+                    self.update_node(&node, |n| n.requested = n.requested.saturating_add(&spec.reservation()));
                     debug!(task = %spec.task_id, %node, "bound");
                     return Ok(());
                 }
@@ -231,21 +250,20 @@ impl Replica {
                 ReserveOutcome::NoRoom { allocatable, reserved } => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("berth_scheduler_conflicts_total").increment(1);
-                    if let Some(n) = self.snapshot.node_mut(&node) {
+                    self.update_node(&node, |n| {
                         n.allocatable = allocatable;
                         n.requested = reserved;
-                    }
+                    });
                 }
                 ReserveOutcome::NodeUnavailable => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("berth_scheduler_conflicts_total").increment(1);
-                    if let Some(n) = self.snapshot.node_mut(&node) {
-                        n.schedulable = false;
-                    }
+                    self.update_node(&node, |n| n.schedulable = false);
                 }
             }
             // Re-score against what we now know of the node that was taken.
-            decision = decide(&self.snapshot, std::slice::from_ref(spec), &self.profile).remove(0);
+            decision =
+                decide_with(&self.snapshot, self.index.as_mut(), std::slice::from_ref(spec), &self.profile).remove(0);
         }
         // Lost every race this cycle: back to ready, to be tried with a fresh snapshot.
         self.queue.unlease(spec.task_id, &self.owner, Duration::ZERO, "").await?;

@@ -23,6 +23,17 @@ fn redis_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_overcommit_and_bind_each_task_once() {
+    three_replicas(0).await;
+}
+
+/// The same with the candidate index: each decision scores at most 4 feasible nodes, and the
+/// index follows refreshes, bindings and conflicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_with_a_candidate_limit_never_overcommit_and_bind_each_task_once() {
+    three_replicas(4).await;
+}
+
+async fn three_replicas(candidate_limit: u32) {
     let partition = format!("test-{}", Uuid::new_v4().simple());
     let _cleanup = Cleanup(partition.clone());
     let queue = Queue::connect(&redis_url(), &partition).await.expect("Redis must be running (run `make services`)");
@@ -86,7 +97,9 @@ async fn three_replicas_never_overcommit_and_bind_each_task_once() {
         })
     };
 
-    let config = SchedulerConfig { batch_size: 32, idle_wait: Duration::from_millis(10), ..SchedulerConfig::default() };
+    let mut config =
+        SchedulerConfig { batch_size: 32, idle_wait: Duration::from_millis(10), ..SchedulerConfig::default() };
+    config.profile.candidate_limit = candidate_limit;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let stats: Vec<Arc<SchedulerStats>> = (0..3).map(|_| Arc::new(SchedulerStats::default())).collect();
     let replicas: Vec<_> = stats

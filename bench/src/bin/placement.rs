@@ -4,7 +4,7 @@
 //! node) and random sampling of 64 nodes (the cheap peer). Then bin-packing quality: nodes in
 //! use after placing a stream of tasks on an empty cluster, every node scored vs sampling.
 //!
-//! `cargo run --release -p berth-bench --bin placement [-- DECISIONS QUALITY_TASKS]`
+//! `cargo run --release -p berth-bench --bin placement [-- DECISIONS QUALITY_TASKS QUALITY_NODES]`
 //! (`make bench-placement`). Prints one table; single-threaded; ratios within one run are
 //! what to compare on a shared machine.
 
@@ -14,7 +14,7 @@ use berth_bench::{SplitMix, best_fit, cluster, tasks};
 use berth_core::config::{Config, FitStrategy, ProfileConfig, ScorerConfig, ShapePoint};
 use berth_core::{ClusterSnapshot, NodeView, SchedulingSpec};
 use berth_policies::Profile;
-use berth_scheduler::{Decision, decide};
+use berth_scheduler::{CandidateIndex, Decision, decide_with};
 
 fn profiles() -> Vec<(&'static str, ProfileConfig)> {
     let base = Config::default().scheduler.profile;
@@ -41,7 +41,27 @@ fn profiles() -> Vec<(&'static str, ProfileConfig)> {
             }),
         ),
         ("balanced_allocation", with(ScorerConfig::BalancedAllocation { weight: 1, resources: cpu_mem() })),
+        (INDEXED, ProfileConfig { candidate_limit: CANDIDATES, ..base.clone() }),
     ]
+}
+
+/// The default profile with a candidate limit: the candidate index's rows.
+const INDEXED: &str = "default, candidate_limit 128";
+const CANDIDATES: u32 = 128;
+
+/// One decision through `decide_with`, with the profile's candidate index when it has one
+/// (kept in step with the placements, as the scheduler keeps it).
+fn decide_one(
+    snap: &ClusterSnapshot,
+    index: Option<&mut CandidateIndex>,
+    task: &SchedulingSpec,
+    profile: &Profile,
+) -> Decision {
+    decide_with(snap, index, std::slice::from_ref(task), profile).remove(0)
+}
+
+fn index_for(profile: &Profile, snap: &ClusterSnapshot) -> Option<CandidateIndex> {
+    profile.candidates().map(|(order, limit)| CandidateIndex::new(order, limit, snap))
 }
 
 /// Random sampling: the best-scoring fitting node among 64 drawn at random (the cheap peer).
@@ -129,8 +149,12 @@ fn main() {
         let n = if nodes >= 100_000 { (decisions / 10).max(50) } else { decisions };
         for (name, config) in profiles() {
             let profile = Profile::build(&config).unwrap();
+            // The index is built once per snapshot, as a scheduler replica builds it once and
+            // then keeps it in step; these decisions do not change the snapshot.
+            let mut index = index_for(&profile, &snap);
+            let n = if index.is_some() { decisions } else { n };
             let t = time(n, |i| {
-                std::hint::black_box(decide(&snap, std::slice::from_ref(&work[i % work.len()]), &profile));
+                std::hint::black_box(decide_one(&snap, index.as_mut(), &work[i % work.len()], &profile));
             });
             row(name, nodes, &t);
         }
@@ -146,34 +170,57 @@ fn main() {
         row("reference: random 64 nodes", nodes, &t);
     }
 
+    let quality_nodes: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     println!(
-        "\nBin-packing quality: {quality_tasks} tasks placed one by one on an empty 10,000-node cluster (fewer nodes in use is better):\n"
+        "\nBin-packing quality: {quality_tasks} tasks placed one by one on an empty {quality_nodes}-node cluster (fewer nodes in use is better):\n"
     );
-    let snap = cluster(10_000, 7);
+    let snap = cluster(quality_nodes, 7);
     let stream = tasks(quality_tasks, 23);
     let profile = Profile::build(&Config::default().scheduler.profile).unwrap();
     let by_name: std::collections::HashMap<String, usize> =
         snap.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-    let index_of = |_: &ClusterSnapshot, name: &str| by_name.get(name).copied();
+    let index_of = |name: &str| by_name.get(name).copied();
+    let placed_on = |d: Decision| match d {
+        Decision::Place { node, .. } => index_of(&node),
+        Decision::Unschedulable { .. } => None,
+    };
     let started = Instant::now();
-    let (full, placed_full) =
-        nodes_in_use(&snap, &stream, |s, t| match decide(s, std::slice::from_ref(t), &profile).remove(0) {
-            Decision::Place { node, .. } => index_of(s, &node),
-            Decision::Unschedulable { .. } => None,
-        });
+    let (full, placed_full) = nodes_in_use(&snap, &stream, |s, t| placed_on(decide_one(s, None, t, &profile)));
     let full_time = started.elapsed();
+    let limited =
+        Profile::build(&ProfileConfig { candidate_limit: CANDIDATES, ..Config::default().scheduler.profile }).unwrap();
+    let mut index: Option<CandidateIndex> = None;
+    let started = Instant::now();
+    let (indexed, placed_indexed) = nodes_in_use(&snap, &stream, |s, t| {
+        // Built on the emptied cluster at the first decision, then kept in step.
+        let index = index.get_or_insert_with(|| index_for(&limited, s).unwrap());
+        let i = placed_on(decide_one(s, Some(index), t, &limited));
+        if let Some(i) = i {
+            let mut after = s.nodes[i].clone();
+            after.requested = after.requested.saturating_add(&t.reservation());
+            index.update(i, &after);
+        }
+        i
+    });
+    let indexed_time = started.elapsed();
     let mut r = SplitMix::new(9);
     let (sampled, placed_sampled) =
-        nodes_in_use(&snap, &stream, |s, t| sample_64(s, t, &profile, &mut r).and_then(|n| index_of(s, &n.name)));
-    let (bf, placed_bf) = nodes_in_use(&snap, &stream, |s, t| best_fit(s, t).and_then(|n| index_of(s, &n.name)));
+        nodes_in_use(&snap, &stream, |s, t| sample_64(s, t, &profile, &mut r).and_then(|n| index_of(&n.name)));
+    let (bf, placed_bf) = nodes_in_use(&snap, &stream, |s, t| best_fit(s, t).and_then(|n| index_of(&n.name)));
     println!("| {:<36} | {:>13} | {:>9} |", "placement", "nodes in use", "placed");
     println!("|{:-<38}|{:->15}|{:->11}|", "", "", "");
     println!("| {:<36} | {full:>13} | {placed_full:>9} |", "berth, every node scored");
+    println!("| {:<36} | {indexed:>13} | {placed_indexed:>9} |", format!("berth, {INDEXED}"));
     println!("| {:<36} | {sampled:>13} | {placed_sampled:>9} |", "random 64 nodes, same scorer");
     println!("| {:<36} | {bf:>13} | {placed_bf:>9} |", "exact best-fit (least CPU left)");
+    let vs = |x: usize| (x as f64 / full as f64 - 1.0) * 100.0;
     println!(
-        "\nsampling uses {:+.1}% nodes vs scoring every node; the full-scoring run took {:.1} s",
-        (sampled as f64 / full as f64 - 1.0) * 100.0,
-        full_time.as_secs_f64()
+        "\nvs scoring every node: candidate index {:+.1}% nodes, random sampling {:+.1}%, best-fit {:+.1}%; \
+         placing took {:.1} s scoring every node, {:.2} s with the index",
+        vs(indexed),
+        vs(sampled),
+        vs(bf),
+        full_time.as_secs_f64(),
+        indexed_time.as_secs_f64()
     );
 }
