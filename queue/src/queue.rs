@@ -19,6 +19,8 @@ pub const EXECUTOR_GROUP: &str = "executors";
 /// Events kept in the stream (approximately): enough for SSE clients and webhooks to catch up
 /// after a short disconnect, bounded so the stream never grows without limit.
 pub const EVENTS_MAXLEN: usize = 100_000;
+/// Nodes read per round trip when a snapshot is read whole.
+const SNAPSHOT_CHUNK: usize = 2000;
 /// Most delayed tasks and expired leases promoted per claim, so one claim stays short even
 /// after a long outage.
 const MAX_PROMOTIONS: u32 = 1000;
@@ -96,6 +98,26 @@ fn ledger_resources(h: &HashMap<String, i64>) -> Resources {
         r.extended.set(name.as_str(), (*v).max(0) as u64);
     }
     r
+}
+
+/// The reserve script's answer (see reserve.lua).
+fn reserve_outcome(node: &str, r: Vec<redis::Value>) -> Result<ReserveOutcome, QueueError> {
+    let corrupt = || QueueError::Corrupt(format!("reserve returned {r:?}"));
+    let code: i64 =
+        r.first().and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok()).ok_or_else(corrupt)?;
+    Ok(match code {
+        1 => ReserveOutcome::Bound,
+        -1 => ReserveOutcome::LeaseLost,
+        -2 => ReserveOutcome::NodeUnavailable,
+        0 => {
+            let h: HashMap<String, String> =
+                r.get(1).and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok()).ok_or_else(corrupt)?;
+            // The node cannot vanish between the script's reads: one script is atomic.
+            let n = node_view(node.to_owned(), &h)?.ok_or_else(corrupt)?;
+            ReserveOutcome::NoRoom { allocatable: n.allocatable, reserved: n.requested }
+        }
+        _ => return Err(corrupt()),
+    })
 }
 
 /// A node's ledger hash as the scheduler sees it; None for a node that no longer exists.
@@ -185,6 +207,50 @@ pub struct TaskEvent {
     pub namespace: Option<String>,
 }
 
+/// A task's placement constraints, the part of its spec not kept as plain fields.
+#[derive(Serialize, Deserialize)]
+struct Placement {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tolerations: Vec<berth_core::Toleration>,
+}
+
+/// A task as claim.lua returns it: id, tenant, prio, seq, attempt, cpu, mem, gpu, ext,
+/// place, raw (see enqueue.lua).
+fn claimed_spec(c: &[String]) -> Result<ClaimedTask, QueueError> {
+    let bad = |what: &str, v: &str| QueueError::Corrupt(format!("task {}: {what} {v:?}", c[0]));
+    let num = |i: usize, what: &str| c[i].parse::<u64>().map_err(|_| bad(what, &c[i]));
+    let task_id = c[0].parse().map_err(|_| bad("id", &c[0]))?;
+    let mut requests = Resources::new(num(5, "cpu")?, num(6, "mem")?, num(7, "gpu")?);
+    // The hash holds the reservation; give back the request as submitted.
+    let defaulted = if c[10].is_empty() { 0 } else { num(10, "raw")? };
+    if defaulted & 1 != 0 {
+        requests.cpu_millis = 0;
+    }
+    if defaulted & 2 != 0 {
+        requests.memory_bytes = 0;
+    }
+    requests.extended = berth_core::resources::Extended::decode(&c[8]).map_err(|e| bad("ext", &e))?;
+    let place: Placement = if c[9].is_empty() {
+        Placement { node_selector: BTreeMap::new(), tolerations: Vec::new() }
+    } else {
+        serde_json::from_str(&c[9]).map_err(|e| bad("place", &e.to_string()))?
+    };
+    Ok(ClaimedTask {
+        spec: SchedulingSpec {
+            task_id,
+            tenant: c[1].clone(),
+            requests,
+            priority: num(2, "prio")?.min(100) as u8,
+            node_selector: place.node_selector,
+            tolerations: place.tolerations,
+            attempt: num(4, "attempt")? as u32,
+            seq: num(3, "seq")?,
+        },
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct NodeMeta {
     #[serde(default)]
@@ -254,7 +320,16 @@ impl Queue {
     ) -> Result<redis::ScriptInvocation<'static>, QueueError> {
         let k = &self.keys;
         let r = spec.reservation();
-        let body = serde_json::to_string(spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let place = if spec.node_selector.is_empty() && spec.tolerations.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&Placement {
+                node_selector: spec.node_selector.clone(),
+                tolerations: spec.tolerations.clone(),
+            })
+            .map_err(|e| QueueError::Corrupt(e.to_string()))?
+        };
+        let defaulted = u8::from(spec.requests.cpu_millis == 0) | u8::from(spec.requests.memory_bytes == 0) << 1;
         let mut inv = SCRIPTS.enqueue.prepare_invoke();
         inv.key(k.task(spec.task_id))
             .key(k.seq())
@@ -262,7 +337,7 @@ impl Queue {
             .key(k.tenants())
             .key(k.delayed())
             .arg(spec.task_id.to_string())
-            .arg(body)
+            .arg(place)
             .arg(&spec.tenant)
             .arg(spec.priority.min(100))
             .arg(r.cpu_millis)
@@ -270,7 +345,8 @@ impl Queue {
             .arg(r.gpu)
             .arg(ms(delay))
             .arg(spec.attempt)
-            .arg(r.extended.encode());
+            .arg(r.extended.encode())
+            .arg(defaulted);
         Ok(inv)
     }
 
@@ -327,25 +403,41 @@ impl Queue {
             .arg(order.as_str())
             .invoke_async(&mut self.conn.clone())
             .await?;
-        flat.chunks_exact(4)
-            .map(|c| {
-                let mut spec: SchedulingSpec =
-                    serde_json::from_str(&c[1]).map_err(|e| QueueError::Corrupt(format!("task {}: {e}", c[0])))?;
-                spec.seq = c[2].parse().map_err(|_| QueueError::Corrupt(format!("task {}: seq {:?}", c[0], c[2])))?;
-                spec.attempt =
-                    c[3].parse().map_err(|_| QueueError::Corrupt(format!("task {}: attempt {:?}", c[0], c[3])))?;
-                Ok(ClaimedTask { spec })
-            })
-            .collect()
+        flat.chunks_exact(11).map(claimed_spec).collect()
     }
 
     /// Reserves the task's capacity on `node` and emits its binding, if `owner` still holds
     /// the lease and the node still has room.
     pub async fn reserve(&self, task: &SchedulingSpec, owner: &str, node: &str) -> Result<ReserveOutcome, QueueError> {
+        let r: Vec<redis::Value> =
+            self.reserve_invocation(task, owner, node).invoke_async(&mut self.conn.clone()).await?;
+        reserve_outcome(node, r)
+    }
+
+    /// [`Queue::reserve`] for many (task, node) pairs in one pipelined round trip. Each
+    /// reservation is atomic on its own, as with `reserve`; outcomes come back in order.
+    pub async fn reserve_many(
+        &self,
+        owner: &str,
+        pairs: &[(&SchedulingSpec, &str)],
+    ) -> Result<Vec<ReserveOutcome>, QueueError> {
+        let invocations: Vec<_> = pairs.iter().map(|(t, n)| self.reserve_invocation(t, owner, n)).collect();
+        let Some(first) = invocations.first() else { return Ok(Vec::new()) };
+        let mut conn = self.conn.clone();
+        // EVALSHA in a pipeline needs the script loaded first.
+        first.load_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let replies: Vec<Vec<redis::Value>> = pipe.query_async(&mut conn).await?;
+        pairs.iter().zip(replies).map(|((_, node), r)| reserve_outcome(node, r)).collect()
+    }
+
+    fn reserve_invocation(&self, task: &SchedulingSpec, owner: &str, node: &str) -> redis::ScriptInvocation<'static> {
         let k = &self.keys;
-        let r: Vec<redis::Value> = SCRIPTS
-            .reserve
-            .key(k.task(task.task_id))
+        let mut inv = SCRIPTS.reserve.prepare_invoke();
+        inv.key(k.task(task.task_id))
             .key(k.node(node))
             .key(k.usage(&task.tenant))
             .key(k.leases())
@@ -354,27 +446,8 @@ impl Queue {
             .key(k.nodes_changed())
             .arg(task.task_id.to_string())
             .arg(owner)
-            .arg(node)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let corrupt = || QueueError::Corrupt(format!("reserve returned {r:?}"));
-        let code: i64 =
-            r.first().and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok()).ok_or_else(corrupt)?;
-        Ok(match code {
-            1 => ReserveOutcome::Bound,
-            -1 => ReserveOutcome::LeaseLost,
-            -2 => ReserveOutcome::NodeUnavailable,
-            0 => {
-                let h: HashMap<String, String> = r
-                    .get(1)
-                    .and_then(|v| redis::FromRedisValue::from_redis_value(v.clone()).ok())
-                    .ok_or_else(corrupt)?;
-                // The node vanished between the script's reads: not possible inside one script.
-                let n = node_view(node.to_owned(), &h)?.ok_or_else(corrupt)?;
-                ReserveOutcome::NoRoom { allocatable: n.allocatable, reserved: n.requested }
-            }
-            _ => return Err(corrupt()),
-        })
+            .arg(node);
+        inv
     }
 
     /// Hands a claimed task back: to ready now (`delay` zero) or after `delay`, recording
@@ -595,15 +668,18 @@ impl Queue {
             .arg(self.keys.nodes())
             .query_async(&mut conn)
             .await?;
-        let mut pipe = redis::pipe();
-        for n in &names {
-            pipe.cmd("HGETALL").arg(self.keys.node(n));
-        }
-        let hashes: Vec<HashMap<String, String>> =
-            if names.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
         let mut nodes = Vec::with_capacity(names.len());
-        for (name, h) in names.into_iter().zip(hashes) {
-            nodes.extend(node_view(name, &h)?);
+        // In chunks: one pipeline of every node's hash would hold all their replies at once,
+        // hundreds of MiB for a large cluster.
+        for chunk in names.chunks(SNAPSHOT_CHUNK) {
+            let mut pipe = redis::pipe();
+            for n in chunk {
+                pipe.cmd("HGETALL").arg(self.keys.node(n));
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (name, h) in chunk.iter().zip(hashes) {
+                nodes.extend(node_view(name.clone(), &h)?);
+            }
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(ClusterSnapshot { version: version.unwrap_or(0), nodes })
@@ -635,13 +711,13 @@ impl Queue {
             *snap = self.snapshot().await?;
             return Ok(epoch);
         }
-        if !changed.is_empty() {
+        for chunk in changed.chunks(SNAPSHOT_CHUNK) {
             let mut pipe = redis::pipe();
-            for n in &changed {
+            for n in chunk {
                 pipe.cmd("HGETALL").arg(self.keys.node(n));
             }
             let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-            for (name, h) in changed.into_iter().zip(hashes) {
+            for (name, h) in chunk.iter().cloned().zip(hashes) {
                 match (snap.nodes.binary_search_by(|n| n.name.cmp(&name)), node_view(name, &h)?) {
                     (Ok(i), Some(v)) => snap.nodes[i] = v,
                     (Ok(i), None) => {

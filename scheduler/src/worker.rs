@@ -172,14 +172,40 @@ impl Replica {
             return Err(e);
         }
         let decisions = decide_with(&self.snapshot, self.index.as_mut(), &specs, &self.profile);
-        for (i, decision) in decisions.iter().enumerate() {
-            let spec = specs.iter().find(|s| s.task_id == decision.task_id()).expect("decision for a claimed task");
-            if let Err(e) = self.apply(spec, decision.clone()).await {
-                let rest: Vec<SchedulingSpec> = decisions[i..]
-                    .iter()
-                    .filter_map(|d| specs.iter().find(|s| s.task_id == d.task_id()).cloned())
-                    .collect();
-                self.hand_back(&rest).await;
+        let spec_of = |id: uuid::Uuid| specs.iter().find(|s| s.task_id == id).expect("decision for a claimed task");
+        // Every placement of the batch in one pipelined round trip (each reservation still
+        // atomic on its own); what lost a race is re-decided one by one below.
+        let places: Vec<(&SchedulingSpec, &str)> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Place { task_id, node, .. } => Some((spec_of(*task_id), node.as_str())),
+                Decision::Unschedulable { .. } => None,
+            })
+            .collect();
+        let outcomes = match self.queue.reserve_many(&self.owner, &places).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.hand_back(&specs).await;
+                return Err(e);
+            }
+        };
+        let mut again: Vec<&SchedulingSpec> = Vec::new();
+        for ((spec, node), outcome) in places.iter().zip(outcomes) {
+            if !self.record(spec, node, outcome) {
+                again.push(spec);
+            }
+        }
+        let parks = decisions.iter().filter(|d| matches!(d, Decision::Unschedulable { .. })).cloned();
+        let rest: Vec<(&SchedulingSpec, Option<Decision>)> =
+            parks.map(|d| (spec_of(d.task_id()), Some(d))).chain(again.into_iter().map(|s| (s, None))).collect();
+        for (i, (spec, decision)) in rest.iter().enumerate() {
+            // A conflict's first retry: re-scored against what the refused reservation told us.
+            let decision = decision.clone().unwrap_or_else(|| {
+                decide_with(&self.snapshot, self.index.as_mut(), std::slice::from_ref(*spec), &self.profile).remove(0)
+            });
+            if let Err(e) = self.apply(spec, decision).await {
+                let unhandled: Vec<SchedulingSpec> = rest[i..].iter().map(|(s, _)| (*s).clone()).collect();
+                self.hand_back(&unhandled).await;
                 return Err(e);
             }
         }
@@ -221,8 +247,47 @@ impl Replica {
         Ok(())
     }
 
+    /// Counts a reservation's outcome and updates what this replica knows of the node.
+    /// True when the task is done with (bound, or no longer ours); false when it lost a race
+    /// and should be placed again.
+    fn record(&mut self, spec: &SchedulingSpec, node: &str, outcome: ReserveOutcome) -> bool {
+        match outcome {
+            ReserveOutcome::Bound => {
+                self.stats.bound.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("berth_scheduler_bound_total").increment(1);
+                self.update_node(node, |n| n.requested = n.requested.saturating_add(&spec.reservation()));
+                debug!(task = %spec.task_id, %node, "bound");
+                true
+            }
+            ReserveOutcome::LeaseLost => {
+                self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("berth_scheduler_lease_lost_total").increment(1);
+                true
+            }
+            ReserveOutcome::NoRoom { allocatable, reserved } => {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("berth_scheduler_conflicts_total").increment(1);
+                self.update_node(node, |n| {
+                    n.allocatable = allocatable;
+                    n.requested = reserved;
+                });
+                false
+            }
+            ReserveOutcome::NodeUnavailable => {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("berth_scheduler_conflicts_total").increment(1);
+                self.update_node(node, |n| n.schedulable = false);
+                false
+            }
+        }
+    }
+
+    /// Parks an unschedulable task, or retries a placement that lost its first race (in the
+    /// batch's reservation), re-deciding after each, up to `max_conflict_retries` times; then
+    /// hands the task back to ready.
     async fn apply(&mut self, spec: &SchedulingSpec, mut decision: Decision) -> Result<(), QueueError> {
-        for _ in 0..=self.config.max_conflict_retries {
+        let mut retries = self.config.max_conflict_retries;
+        loop {
             let node = match &decision {
                 Decision::Unschedulable { reason, .. } => {
                     self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
@@ -232,34 +297,13 @@ impl Replica {
                     self.queue.park(spec.task_id, &self.owner, reason, max, self.epoch).await?;
                     return Ok(());
                 }
+                Decision::Place { .. } if retries == 0 => break,
                 Decision::Place { node, .. } => node.clone(),
             };
-            match self.queue.reserve(spec, &self.owner, &node).await? {
-                ReserveOutcome::Bound => {
-                    self.stats.bound.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("berth_scheduler_bound_total").increment(1);
-                    self.update_node(&node, |n| n.requested = n.requested.saturating_add(&spec.reservation()));
-                    debug!(task = %spec.task_id, %node, "bound");
-                    return Ok(());
-                }
-                ReserveOutcome::LeaseLost => {
-                    self.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("berth_scheduler_lease_lost_total").increment(1);
-                    return Ok(());
-                }
-                ReserveOutcome::NoRoom { allocatable, reserved } => {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("berth_scheduler_conflicts_total").increment(1);
-                    self.update_node(&node, |n| {
-                        n.allocatable = allocatable;
-                        n.requested = reserved;
-                    });
-                }
-                ReserveOutcome::NodeUnavailable => {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("berth_scheduler_conflicts_total").increment(1);
-                    self.update_node(&node, |n| n.schedulable = false);
-                }
+            retries -= 1;
+            let outcome = self.queue.reserve(spec, &self.owner, &node).await?;
+            if self.record(spec, &node, outcome) {
+                return Ok(());
             }
             // Re-score against what we now know of the node that was taken.
             decision =

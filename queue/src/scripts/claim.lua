@@ -8,7 +8,8 @@
 -- ARGV[6] cross-tenant order: 'priority' | 'drf' | 'priority_drf' (see ClaimOrder)
 -- Reads (derived from the prefix): ready:<tenant>, task:<id>, and for fair share capacity,
 -- usage:<tenant> and weights.
--- Returns a flat array in claim order: id, spec, seq, attempt, id, spec, seq, attempt, ...
+-- Returns a flat array in claim order, 11 strings per task ('' for an absent field): id,
+-- tenant, prio, seq, attempt, cpu, mem, gpu, ext, place, raw (see enqueue.lua).
 local prefix = ARGV[1]
 local batch = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -133,24 +134,22 @@ while taken < batch do
   if redis.call('ZCARD', ready) == 0 then
     redis.call('SREM', KEYS[1], best.name)
   end
-  local f = redis.call('HMGET', task, 'spec', 'seq', 'attempt', 'cpu', 'mem', 'gpu', 'ext')
+  local f = redis.call('HMGET', task, 'tenant', 'prio', 'seq', 'attempt', 'cpu', 'mem', 'gpu', 'ext', 'place', 'raw')
   -- A ready entry whose hash is gone (partial data loss) is dropped, not leased: leasing
   -- would create a partial hash that blocks the reconciler's re-enqueue.
   if f[1] then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), h.id)
     redis.call('HSET', task, 'state', 'leased', 'owner', ARGV[4])
     out[#out + 1] = h.id
-    out[#out + 1] = f[1]
-    out[#out + 1] = f[2]
-    out[#out + 1] = f[3]
+    for i = 1, 10 do out[#out + 1] = f[i] or '' end
     taken = taken + 1
     if best.used then
       local u = best.used
-      u.cpu = (u.cpu or 0) + (tonumber(f[4]) or 0)
-      u.mem = (u.mem or 0) + (tonumber(f[5]) or 0)
-      u.gpu = (u.gpu or 0) + (tonumber(f[6]) or 0)
-      if f[7] then
-        for name, amount in string.gmatch(f[7], '([^,=]+)=(%d+)') do
+      u.cpu = (u.cpu or 0) + (tonumber(f[5]) or 0)
+      u.mem = (u.mem or 0) + (tonumber(f[6]) or 0)
+      u.gpu = (u.gpu or 0) + (tonumber(f[7]) or 0)
+      if f[8] then
+        for name, amount in string.gmatch(f[8], '([^,=]+)=(%d+)') do
           u[name] = (u[name] or 0) + tonumber(amount)
         end
       end
