@@ -6,7 +6,7 @@ CARGO ?= cargo
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export BERTH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: dev test services build lint fmt bench bench-admission bench-placement bench-pipeline clean
+.PHONY: dev test services build lint fmt bench bench-admission bench-placement bench-pipeline bench-queue clean
 
 ## Bring berth up on the simulated cluster (all roles in one process).
 dev: services
@@ -37,9 +37,23 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## The criterion benches, then the placement harness's summary table.
-bench: bench-placement
+SUMMARY := $(CURDIR)/target/bench-summary.md
+
+## Every benchmark: the harnesses (placement at 100k nodes included, the pipeline through
+## Redis, the queue beside apalis-redis), the criterion benches, then one summary table
+## with each target marked met or not. About 10 minutes.
+bench: services
+	@mkdir -p target && rm -f $(SUMMARY)
+	BERTH_BENCH_SUMMARY=$(SUMMARY) $(CARGO) run --release -p berth-bench --bin placement -- 2000 50000 100000
+	BERTH_BENCH_SUMMARY=$(SUMMARY) $(CARGO) run --release -p berth-bench --bin pipeline
+	BERTH_BENCH_SUMMARY=$(SUMMARY) $(CARGO) run --release -p berth-bench --bin queue_vs_apalis
 	$(CARGO) bench -p berth-bench
+	@printf '\nSummary (%s, %s cores):\n\n| benchmark | target | measured | |\n|---|---|---|---|\n' "$$(uname -n)" "$$(nproc)"
+	@cat $(SUMMARY)
+
+## The queue's push + claim + ack beside apalis-redis's push + consume, same Redis.
+bench-queue: services
+	$(CARGO) run --release -p berth-bench --bin queue_vs_apalis
 
 ## decide() per scorer at 1k/10k/100k nodes beside best-fit and random-64, and packing quality.
 bench-placement:

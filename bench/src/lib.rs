@@ -86,6 +86,24 @@ pub fn best_fit<'a>(snapshot: &'a ClusterSnapshot, task: &SchedulingSpec) -> Opt
         .min_by_key(|n| n.allocatable.cpu_millis - n.requested.cpu_millis - need.cpu_millis)
 }
 
+/// Appends one row to the summary table `make bench` prints at the end: the file named by
+/// `BERTH_BENCH_SUMMARY`, if set. `met` is None for a figure with no target.
+pub fn summary(what: &str, target: &str, measured: &str, met: Option<bool>) {
+    let Ok(path) = std::env::var("BERTH_BENCH_SUMMARY") else { return };
+    let mark = match met {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "-",
+    };
+    let row = format!("| {what} | {target} | {measured} | {mark} |\n");
+    use std::io::Write;
+    if let Err(e) =
+        std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(row.as_bytes()))
+    {
+        eprintln!("could not append to {path}: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

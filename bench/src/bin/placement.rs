@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_bench::{SplitMix, best_fit, cluster, tasks};
+use berth_bench::{SplitMix, best_fit, cluster, summary, tasks};
 use berth_core::config::{Config, FitStrategy, ProfileConfig, ScorerConfig, ShapePoint};
 use berth_core::{ClusterSnapshot, NodeView, SchedulingSpec};
 use berth_policies::Profile;
@@ -157,6 +157,24 @@ fn main() {
                 std::hint::black_box(decide_one(&snap, index.as_mut(), &work[i % work.len()], &profile));
             });
             row(name, nodes, &t);
+            let rate = 1.0 / t.mean.as_secs_f64();
+            let p99 = t.p99.as_secs_f64() * 1e6;
+            if nodes == 10_000 && name == profiles()[0].0 {
+                summary(
+                    "decide, 10k nodes, every node scored",
+                    "≥ 200,000/s",
+                    &format!("{rate:.0}/s, p99 {p99:.0} µs"),
+                    Some(rate >= 200_000.0),
+                );
+            }
+            if nodes >= 10_000 && name == INDEXED {
+                summary(
+                    &format!("decide, {}k nodes, {INDEXED}", nodes / 1000),
+                    if nodes == 100_000 { "≥ 100,000/s" } else { "-" },
+                    &format!("{rate:.0}/s, p99 {p99:.1} µs"),
+                    (nodes == 100_000).then_some(rate >= 100_000.0),
+                );
+            }
         }
         let t = time(n, |i| {
             std::hint::black_box(best_fit(&snap, &work[i % work.len()]));
@@ -214,6 +232,12 @@ fn main() {
     println!("| {:<36} | {sampled:>13} | {placed_sampled:>9} |", "random 64 nodes, same scorer");
     println!("| {:<36} | {bf:>13} | {placed_bf:>9} |", "exact best-fit (least CPU left)");
     let vs = |x: usize| (x as f64 / full as f64 - 1.0) * 100.0;
+    summary(
+        &format!("bin-packing, {quality_tasks} tasks on {quality_nodes} nodes, {INDEXED}"),
+        "within 2% of every node scored",
+        &format!("{indexed} vs {full} nodes in use ({:+.1}%)", vs(indexed)),
+        Some(vs(indexed) <= 2.0),
+    );
     println!(
         "\nvs scoring every node: candidate index {:+.1}% nodes, random sampling {:+.1}%, best-fit {:+.1}%; \
          placing took {:.1} s scoring every node, {:.2} s with the index",

@@ -201,6 +201,7 @@ async fn main() -> Result<(), BoxErr> {
     println!("Queue throughput, push → consume → ack of {n} tasks, producer and consumer at once, same Redis:\n");
     println!("| round | berth (enqueue + claim + finish) | apalis-redis 1.0 (push + consume + ack) | ratio |");
     println!("|-------|---------------------------------|-----------------------------------------|-------|");
+    let mut ratios = Vec::new();
     for round in 1..=rounds {
         // Alternate which goes first, so neither always meets a warmer Redis.
         let (b, a) = if round % 2 == 1 {
@@ -211,6 +212,15 @@ async fn main() -> Result<(), BoxErr> {
             (berth(n).await?, a)
         };
         println!("| {round:>5} | {b:>25.0} tasks/s | {a:>34.0} jobs/s | {:>5.2} |", b / a);
+        ratios.push((b, a));
     }
+    ratios.sort_by(|x, y| (x.0 / x.1).total_cmp(&(y.0 / y.1)));
+    let (b, a) = ratios[ratios.len() / 2];
+    berth_bench::summary(
+        "queue push + claim + ack beside apalis-redis push + consume",
+        "-",
+        &format!("{b:.0} vs {a:.0} per s ({:.2}×)", b / a),
+        None,
+    );
     Ok(())
 }
