@@ -292,6 +292,7 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
         }
         Role::Scheduler => {
             let queue = connect_redis(&config).await?;
+            serve_metrics(&config, &stop_rx).await?;
             let stats = Arc::new(berth_scheduler::SchedulerStats::default());
             let configs = watch_scheduler_config(path, config.scheduler.clone());
             let owner = instance_name("scheduler");
@@ -302,6 +303,7 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
             let pool = connect_pg(&config).await?;
             let queue = connect_redis(&config).await?;
             let cluster: Arc<dyn Cluster> = Arc::new(SimCluster::new(&config.cluster));
+            serve_metrics(&config, &stop_rx).await?;
             run_executor(pool, queue, cluster, &config, &stop_rx).await
         }
         Role::Dev => run_dev(config, stop_rx).await,
@@ -309,6 +311,21 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+/// `/metrics` and `/healthz` on `metrics.listen`, when set, for a role without the API.
+async fn serve_metrics(config: &Config, stop_rx: &watch::Receiver<bool>) -> Result<()> {
+    let Some(listen) = config.metrics.listen else { return Ok(()) };
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding metrics to {listen}"))?;
+    info!(address = %listener.local_addr()?, "metrics listening");
+    let shutdown = shutdown_future(stop_rx);
+    tokio::spawn(async move {
+        if let Err(e) = berth_api::metrics::serve_standalone(listener, shutdown).await {
+            warn!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
 }
 
 async fn serve_api(pool: PgPool, queue: Queue, config: Config, stop_rx: &watch::Receiver<bool>) -> Result<()> {

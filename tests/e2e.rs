@@ -367,8 +367,16 @@ async fn the_scheduler_reloads_its_policy_and_keeps_the_last_good_one() {
         |strategy: &str| format!("[[scheduler.profile.scorers]]\nkind = \"resource_fit\"\nstrategy = \"{strategy}\"\n");
     std::fs::write(&path, section("most_allocated")).unwrap();
     let out = std::fs::File::create(d.logs.join("scheduler.log")).unwrap();
-    let child =
-        d.command("scheduler").arg("--config").arg(&path).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
+    let metrics_port = common::free_port();
+    let child = d
+        .command("scheduler")
+        .arg("--config")
+        .arg(&path)
+        .env("BERTH_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
     d.children.push(("scheduler".into(), child));
     // The strategy and version the replica reports running.
     let reported = |q: Queue| async move {
@@ -399,6 +407,11 @@ async fn the_scheduler_reloads_its_policy_and_keeps_the_last_good_one() {
     std::fs::write(&path, section("least_allocated")).unwrap();
     let second = wait_for("least_allocated", &d).await;
     assert_ne!(first, second);
+    // The standalone scheduler's own /metrics says the same: the new version runs, the old not.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
+    let info: Vec<&str> = metrics.lines().filter(|l| l.starts_with("berth_scheduler_policy_info{")).collect();
+    assert!(info.iter().any(|l| l.contains(&format!("version=\"{second}\"")) && l.ends_with(" 1")), "{metrics}");
+    assert!(info.iter().any(|l| l.contains(&format!("version=\"{first}\"")) && l.ends_with(" 0")), "{metrics}");
 
     // A bad file is refused: the running policy stays, and the log says why.
     std::fs::write(&path, "[scheduler]\nbatch_size = 0\n").unwrap();

@@ -45,6 +45,25 @@ async fn render(State(s): State<AppState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// Serves `/metrics` and `/healthz` for a role without the API (`berth scheduler`,
+/// `berth executor`), until `shutdown` resolves.
+pub async fn serve_standalone(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    install();
+    let app: Router = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                let body = install().map(|h| h.render()).unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
 /// Counts every routed request by method, route template and status, and times it.
 pub async fn track(req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();

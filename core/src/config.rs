@@ -64,12 +64,23 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub dev: DevConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// Sections that environment variables may set; other `BERTH_…` variables (such as
 /// `BERTH_CONFIG` or test switches) are not configuration and are ignored.
-const SECTIONS: [&str; 10] =
-    ["database", "redis", "api", "auth", "bootstrap", "scheduler", "executor", "cluster", "dev", "log"];
+const SECTIONS: [&str; 11] =
+    ["database", "redis", "api", "auth", "bootstrap", "scheduler", "executor", "cluster", "dev", "log", "metrics"];
+
+/// Where the roles without an API (`berth scheduler`, `berth executor`) serve `/metrics`
+/// and `/healthz`; the API serves its own on `api.listen`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Unset (default): not served, as several replicas on one host would fight over one
+    /// port. Set it per process, e.g. `127.0.0.1:9101`; port 0 picks a free one (logged).
+    pub listen: Option<SocketAddr>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

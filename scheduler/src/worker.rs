@@ -80,6 +80,11 @@ pub async fn run_reloading(
         Replica { queue, config, profile, owner, snapshot: ClusterSnapshot::default(), epoch: 0, index: None, stats };
     let mut loaded_at = chrono::Utc::now().timestamp_millis();
     let mut reported: Option<Instant> = None;
+    // Read the cluster (and build the index) before the first task arrives, not after: on a
+    // large cluster that read is what the first tasks would otherwise wait for.
+    if let Err(e) = replica.refresh().await {
+        warn!(error = %e, "could not read the cluster at start; reading it at the first cycle");
+    }
     tokio::pin!(shutdown);
     loop {
         if configs.has_changed().unwrap_or(false) {

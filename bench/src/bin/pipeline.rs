@@ -148,6 +148,8 @@ async fn paced(
             ))
         })
         .collect();
+    // Steady state: the replicas read the cluster and build their index before work arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut enqueued_at: std::collections::HashMap<Uuid, i64> = std::collections::HashMap::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
