@@ -55,6 +55,35 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Two scheduler replicas in this process (the machine's two cores), stopped by `stop`.
+struct Replicas {
+    stop: tokio::sync::watch::Sender<bool>,
+    stats: Vec<Arc<SchedulerStats>>,
+    handles: Vec<tokio::task::JoinHandle<Result<(), berth_scheduler::worker::SchedulerError>>>,
+}
+
+fn replicas(queue: &Queue, config: &SchedulerConfig, name: &str) -> Replicas {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stats: Vec<Arc<SchedulerStats>> = (0..2).map(|_| Arc::new(SchedulerStats::default())).collect();
+    let handles = stats
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let mut rx = rx.clone();
+            tokio::spawn(berth_scheduler::run(
+                config.clone(),
+                queue.clone(),
+                format!("{name}-{i}"),
+                st.clone(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ))
+        })
+        .collect();
+    Replicas { stop, stats, handles }
+}
+
 struct Run {
     bound: u64,
     elapsed: Duration,
@@ -79,24 +108,7 @@ async fn through(
         queue.enqueue_many(chunk).await?;
     }
     let enqueued = started.elapsed();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stats: Vec<Arc<SchedulerStats>> = (0..2).map(|_| Arc::new(SchedulerStats::default())).collect();
-    let replicas: Vec<_> = stats
-        .iter()
-        .enumerate()
-        .map(|(i, st)| {
-            let mut rx = rx.clone();
-            tokio::spawn(berth_scheduler::run(
-                config.clone(),
-                queue.clone(),
-                format!("bench-{i}"),
-                st.clone(),
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                },
-            ))
-        })
-        .collect();
+    let Replicas { stop: tx, stats, handles: replicas } = replicas(queue, config, "bench");
     let sum = |f: fn(&SchedulerStats) -> &std::sync::atomic::AtomicU64| {
         stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum::<u64>()
     };
@@ -130,24 +142,7 @@ async fn paced(
     config: &SchedulerConfig,
 ) -> Result<(f64, f64, f64, usize), Box<dyn std::error::Error>> {
     queue.ensure_binding_group().await?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stats: Vec<Arc<SchedulerStats>> = (0..2).map(|_| Arc::new(SchedulerStats::default())).collect();
-    let replicas: Vec<_> = stats
-        .iter()
-        .enumerate()
-        .map(|(i, st)| {
-            let mut rx = rx.clone();
-            tokio::spawn(berth_scheduler::run(
-                config.clone(),
-                queue.clone(),
-                format!("paced-{i}"),
-                st.clone(),
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                },
-            ))
-        })
-        .collect();
+    let Replicas { stop: tx, stats, handles: replicas } = replicas(queue, config, "paced");
     // Steady state: the replicas read the cluster and build their index before work arrives.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut enqueued_at: std::collections::HashMap<Uuid, i64> = std::collections::HashMap::new();
