@@ -316,6 +316,8 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
 /// `/metrics` and `/healthz` on `metrics.listen`, when set, for a role without the API.
 async fn serve_metrics(config: &Config, stop_rx: &watch::Receiver<bool>) -> Result<()> {
     let Some(listen) = config.metrics.listen else { return Ok(()) };
+    // The recorder first, so nothing recorded before the endpoint's task runs is lost.
+    berth_api::metrics::install();
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding metrics to {listen}"))?;
     info!(address = %listener.local_addr()?, "metrics listening");

@@ -271,10 +271,10 @@ pub struct ProfileConfig {
     pub scorers: Vec<ScorerConfig>,
     pub order: Vec<OrderConfig>,
     /// 0 (default): every node is filtered and scored, as kube-scheduler does with
-    /// `percentageOfNodesToScore: 100`. N > 0: a decision scores at most N feasible nodes,
-    /// taken from an index of nodes by free CPU in the direction the first `resource_fit`
-    /// scorer prefers (tightest first when it packs, emptiest first when it spreads). Needs
-    /// such a scorer. A task no indexed candidate fits is judged against every node.
+    /// `percentageOfNodesToScore: 100`. N > 0: a decision scores the first N feasible nodes
+    /// of an index of the nodes with the task's CPU free, by free CPU in the direction the
+    /// first `resource_fit` scorer prefers (tightest first when it packs, emptiest first when
+    /// it spreads). Needs such a scorer, weighing cpu.
     pub candidate_limit: u32,
 }
 
@@ -902,21 +902,30 @@ impl ProfileConfig {
         }
     }
 
-    /// The direction a candidate search takes: that of the first `resource_fit` scorer,
-    /// None when there is none or its shape is flat.
+    /// The direction a candidate search takes: that of the first `resource_fit` scorer, if
+    /// it weighs cpu (the index orders by free CPU) and its preference is monotone; None
+    /// otherwise.
     pub fn candidate_order(&self) -> Option<CandidateOrder> {
-        self.scorers.iter().find_map(|s| match s {
-            ScorerConfig::ResourceFit { strategy: FitStrategy::MostAllocated, .. } => Some(CandidateOrder::Tightest),
-            ScorerConfig::ResourceFit { strategy: FitStrategy::LeastAllocated, .. } => Some(CandidateOrder::Emptiest),
-            ScorerConfig::ResourceFit { strategy: FitStrategy::RequestedToCapacityRatio, shape, .. } => {
+        let (strategy, resources, shape) = self.scorers.iter().find_map(|s| match s {
+            ScorerConfig::ResourceFit { strategy, resources, shape, .. } => Some((strategy, resources, shape)),
+            ScorerConfig::BalancedAllocation { .. } => None,
+        })?;
+        if !resources.contains_key("cpu") {
+            return None;
+        }
+        match strategy {
+            FitStrategy::MostAllocated => Some(CandidateOrder::Tightest),
+            FitStrategy::LeastAllocated => Some(CandidateOrder::Emptiest),
+            FitStrategy::RequestedToCapacityRatio => {
+                let rises = shape.windows(2).all(|w| w[1].score >= w[0].score);
+                let falls = shape.windows(2).all(|w| w[1].score <= w[0].score);
                 match (shape.first(), shape.last()) {
-                    (Some(a), Some(b)) if b.score > a.score => Some(CandidateOrder::Tightest),
-                    (Some(a), Some(b)) if b.score < a.score => Some(CandidateOrder::Emptiest),
+                    (Some(a), Some(b)) if rises && b.score > a.score => Some(CandidateOrder::Tightest),
+                    (Some(a), Some(b)) if falls && b.score < a.score => Some(CandidateOrder::Emptiest),
                     _ => None,
                 }
             }
-            ScorerConfig::BalancedAllocation { .. } => None,
-        })
+        }
     }
 
     /// Problems with the profile; paths are relative to the profile.
@@ -925,8 +934,9 @@ impl ProfileConfig {
         if self.candidate_limit > 0 && self.candidate_order().is_none() {
             errs.push(FieldError {
                 path: "candidate_limit".into(),
-                message: "needs a resource_fit scorer that packs or spreads (most_allocated, least_allocated, \
-                          or a requested_to_capacity_ratio shape that rises or falls) to order candidates by"
+                message: "needs its first resource_fit scorer to weigh cpu and to pack or spread (most_allocated, \
+                          least_allocated, or a requested_to_capacity_ratio shape that only rises or only falls): \
+                          candidates are ordered by free CPU in that direction"
                     .into(),
             });
         }
@@ -1064,6 +1074,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spread.scheduler.profile.candidate_order(), Some(CandidateOrder::Emptiest));
+        for scorer in [
+            // Not weighing cpu: free CPU says nothing of its preference.
+            "{ kind = \"resource_fit\", weight = 1, strategy = \"most_allocated\", resources = { \"nvidia.com/gpu\" = 1 } }",
+            // Rising then falling: no direction.
+            "{ kind = \"resource_fit\", weight = 1, strategy = \"requested_to_capacity_ratio\", shape = [\
+             { utilization = 0, score = 0 }, { utilization = 50, score = 10 }, { utilization = 100, score = 5 }] }",
+        ] {
+            let e = Config::from_toml_str(&format!("[scheduler.profile]\ncandidate_limit = 8\nscorers = [{scorer}]\n"))
+                .unwrap_err();
+            assert_eq!(paths(e), vec!["scheduler.profile.candidate_limit"], "{scorer}");
+        }
     }
 
     #[test]

@@ -217,10 +217,17 @@ struct Placement {
 }
 
 /// A task as claim.lua returns it: id, tenant, prio, seq, attempt, cpu, mem, gpu, ext,
-/// place, raw (see enqueue.lua).
+/// place, raw (see enqueue.lua), legacy spec.
 fn claimed_spec(c: &[String]) -> Result<ClaimedTask, QueueError> {
     let bad = |what: &str, v: &str| QueueError::Corrupt(format!("task {}: {what} {v:?}", c[0]));
     let num = |i: usize, what: &str| c[i].parse::<u64>().map_err(|_| bad(what, &c[i]));
+    if !c[11].is_empty() {
+        // Queued by an earlier version: the whole spec as JSON, its counters as fields.
+        let mut spec: SchedulingSpec = serde_json::from_str(&c[11]).map_err(|e| bad("spec", &e.to_string()))?;
+        spec.seq = num(3, "seq")?;
+        spec.attempt = num(4, "attempt")? as u32;
+        return Ok(ClaimedTask { spec });
+    }
     let task_id = c[0].parse().map_err(|_| bad("id", &c[0]))?;
     let mut requests = Resources::new(num(5, "cpu")?, num(6, "mem")?, num(7, "gpu")?);
     // The hash holds the reservation; give back the request as submitted.
@@ -361,15 +368,7 @@ impl Queue {
     pub async fn enqueue_many(&self, specs: &[SchedulingSpec]) -> Result<(), QueueError> {
         let invocations =
             specs.iter().map(|s| self.enqueue_invocation(s, Duration::ZERO)).collect::<Result<Vec<_>, _>>()?;
-        let Some(first) = invocations.first() else { return Ok(()) };
-        let mut conn = self.conn.clone();
-        // EVALSHA in a pipeline needs the script loaded first.
-        first.load_async(&mut conn).await?;
-        let mut pipe = redis::pipe();
-        for inv in &invocations {
-            pipe.invoke_script(inv).ignore();
-        }
-        let _: () = pipe.query_async(&mut conn).await?;
+        let _: Vec<redis::Value> = self.pipelined(&invocations).await?;
         Ok(())
     }
 
@@ -403,7 +402,7 @@ impl Queue {
             .arg(order.as_str())
             .invoke_async(&mut self.conn.clone())
             .await?;
-        flat.chunks_exact(11).map(claimed_spec).collect()
+        flat.chunks_exact(12).map(claimed_spec).collect()
     }
 
     /// Reserves the task's capacity on `node` and emits its binding, if `owner` still holds
@@ -422,16 +421,30 @@ impl Queue {
         pairs: &[(&SchedulingSpec, &str)],
     ) -> Result<Vec<ReserveOutcome>, QueueError> {
         let invocations: Vec<_> = pairs.iter().map(|(t, n)| self.reserve_invocation(t, owner, n)).collect();
+        let replies: Vec<Vec<redis::Value>> = self.pipelined(&invocations).await?;
+        pairs.iter().zip(replies).map(|((_, node), r)| reserve_outcome(node, r)).collect()
+    }
+
+    /// Runs invocations of one script as a pipeline of EVALSHA, in one round trip. A server
+    /// that does not have the script yet (a first call, a restart) answers NOSCRIPT to every
+    /// one of them and runs none, so the script is loaded and the pipeline sent once more.
+    async fn pipelined<T: redis::FromRedisValue>(
+        &self,
+        invocations: &[redis::ScriptInvocation<'static>],
+    ) -> Result<Vec<T>, QueueError> {
         let Some(first) = invocations.first() else { return Ok(Vec::new()) };
-        let mut conn = self.conn.clone();
-        // EVALSHA in a pipeline needs the script loaded first.
-        first.load_async(&mut conn).await?;
         let mut pipe = redis::pipe();
-        for inv in &invocations {
+        for inv in invocations {
             pipe.invoke_script(inv);
         }
-        let replies: Vec<Vec<redis::Value>> = pipe.query_async(&mut conn).await?;
-        pairs.iter().zip(replies).map(|((_, node), r)| reserve_outcome(node, r)).collect()
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                first.load_async(&mut conn).await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            r => Ok(r?),
+        }
     }
 
     fn reserve_invocation(&self, task: &SchedulingSpec, owner: &str, node: &str) -> redis::ScriptInvocation<'static> {

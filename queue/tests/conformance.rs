@@ -614,3 +614,70 @@ async fn an_extended_resource_can_be_the_dominant_share() {
     let tenants: Vec<&str> = order.iter().map(|c| c.spec.tenant.as_str()).collect();
     assert_eq!(tenants, ["b", "a"]);
 }
+
+/// A task comes back from the queue exactly as it went in: selectors, tolerations, extended
+/// resources, and requests left out (which the ledger reserves as defaults) still left out.
+#[tokio::test]
+async fn a_claimed_task_is_the_task_that_was_enqueued() {
+    let t = TestQueue::new().await;
+    let mut s = spec("a", 42, 0);
+    s.requests = Resources::new(0, 0, 1).with_extended(AMD, 2);
+    s.node_selector.insert("zone".into(), "b".into());
+    s.tolerations.push(berth_core::Toleration {
+        key: "dedicated".into(),
+        operator: berth_core::TolerationOperator::Equal,
+        value: "gpu".into(),
+        effect: Some(berth_core::TaintEffect::NoSchedule),
+    });
+    s.attempt = 2;
+    let plain = spec("a", 7, 250);
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    t.0.enqueue(&plain, Duration::ZERO).await.unwrap();
+    let claimed = t.0.claim("s", 2, LEASE).await.unwrap();
+    let mut got = claimed.iter().find(|c| c.spec.task_id == s.task_id).unwrap().spec.clone();
+    assert!(got.seq > 0);
+    got.seq = 0;
+    assert_eq!(got, s);
+    let mut got = claimed.iter().find(|c| c.spec.task_id == plain.task_id).unwrap().spec.clone();
+    got.seq = 0;
+    assert_eq!(got, plain);
+}
+
+/// A task queued by an earlier version (its whole spec as JSON in `spec`) is claimed with
+/// its constraints intact.
+#[tokio::test]
+async fn a_task_queued_in_the_earlier_format_keeps_its_constraints() {
+    let t = TestQueue::new().await;
+    let mut s = spec("a", 10, 300);
+    s.node_selector.insert("zone".into(), "b".into());
+    t.0.enqueue(&s, Duration::ZERO).await.unwrap();
+    // Rewrite its hash as the earlier format had it.
+    let key = format!("berth:{{{}}}:task:{}", t.1, s.task_id);
+    let mut conn = t.0.connection();
+    let _: () = redis::cmd("HDEL").arg(&key).arg("place").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("spec")
+        .arg(serde_json::to_string(&s).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let claimed = t.0.claim("s", 1, LEASE).await.unwrap();
+    assert_eq!(claimed[0].spec.node_selector, s.node_selector);
+    assert_eq!(claimed[0].spec.requests, s.requests);
+}
+
+/// Pipelined scripts survive a server that lost its script cache (a restart, SCRIPT FLUSH).
+#[tokio::test]
+async fn pipelined_scripts_reload_after_the_script_cache_is_flushed() {
+    let t = TestQueue::new().await;
+    t.0.upsert_node(&node("n1", 4000, 0)).await.unwrap();
+    let mut conn = t.0.connection();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let specs = vec![spec("a", 0, 100), spec("a", 0, 100)];
+    t.0.enqueue_many(&specs).await.unwrap();
+    assert_eq!(t.0.claim("s", 2, LEASE).await.unwrap().len(), 2);
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let pairs: Vec<(&SchedulingSpec, &str)> = specs.iter().map(|s| (s, "n1")).collect();
+    assert_eq!(t.0.reserve_many("s", &pairs).await.unwrap(), vec![ReserveOutcome::Bound, ReserveOutcome::Bound]);
+}

@@ -41,12 +41,6 @@ impl CandidateIndex {
         self.limit
     }
 
-    /// How many nodes a search visits at most before settling for what it found: enough to
-    /// get past nodes rejected for other reasons than CPU (memory, gpu, selectors, taints).
-    pub fn visit_limit(&self) -> usize {
-        (self.limit * 8).max(512)
-    }
-
     fn rebuild(&mut self, snapshot: &ClusterSnapshot) {
         self.keys = snapshot.nodes.iter().map(free_cpu).collect();
         self.by_free = self.keys.iter().enumerate().map(|(i, k)| (*k, i as u32)).collect();

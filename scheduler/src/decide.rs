@@ -67,10 +67,11 @@ pub fn decide(snapshot: &ClusterSnapshot, candidates: &[SchedulingSpec], profile
     decide_with(snapshot, None, candidates, profile)
 }
 
-/// [`decide`], looking first at the index's candidates when there is one (a profile with a
-/// `candidate_limit`): at most `limit` feasible nodes are scored. A task none of the visited
-/// candidates fits is judged against every node, so it is never refused for want of looking,
-/// and its reasons cover the whole cluster. The index follows the batch's assumed placements.
+/// [`decide`], looking only at the index's candidates when there is one (a profile with a
+/// `candidate_limit`): the nodes with the task's CPU free, in the index's order, until `limit`
+/// of them fit; those are scored. Nodes without the CPU cannot fit, so a task none of the
+/// candidates fits fits nowhere; only then is every node visited, to count its reasons over
+/// the whole cluster. The index follows the batch's assumed placements.
 pub fn decide_with(
     snapshot: &ClusterSnapshot,
     mut index: Option<&mut CandidateIndex>,
@@ -89,8 +90,10 @@ pub fn decide_with(
         let mut search = Search { snapshot, assumed: &assumed, task, profile, best: None };
         if let Some(index) = index.as_deref() {
             let cpu = if task.requests.cpu_millis == 0 { DEFAULT_CPU_MILLIS } else { task.requests.cpu_millis };
+            // Every node with the CPU for the task, in the index's order, until `limit` fit:
+            // nodes without that CPU cannot fit, so finding none here means none fits at all.
             let (mut feasible, limit) = (0, index.limit());
-            for i in index.candidates(cpu).take(index.visit_limit()) {
+            for i in index.candidates(cpu) {
                 if search.consider(i).is_ok() {
                     feasible += 1;
                     if feasible == limit {
@@ -100,8 +103,8 @@ pub fn decide_with(
             }
         }
         if search.best.is_none() {
-            // Every node: no index, or none of its candidates fit. The reasons are counted
-            // here only, so the index's fast path allocates nothing.
+            // Every node: no index, or (with one) nothing fits and this pass only counts the
+            // reasons, so the index's fast path allocates nothing.
             let mut counts: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
             for i in 0..snapshot.nodes.len() {
                 if let Err(unfit) = search.consider(i) {

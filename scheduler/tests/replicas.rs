@@ -43,11 +43,13 @@ async fn three_replicas(candidate_limit: u32) {
     for i in 0..50 {
         let n = NodeView {
             name: format!("n{i:02}"),
+            // Some nodes offer an extended resource by name too, so it is checked like the rest.
             allocatable: Resources::new(
                 rng.random_range(2..=16) * 1000,
                 rng.random_range(4..=64) << 30,
                 rng.random_range(0..=4),
-            ),
+            )
+            .with_extended("amd.com/gpu", rng.random_range(0..=2)),
             requested: Resources::ZERO,
             labels: Default::default(),
             taints: vec![],
@@ -66,7 +68,8 @@ async fn three_replicas(candidate_limit: u32) {
                 rng.random_range(1..=10) * 100,
                 rng.random_range(1..=8) << 29,
                 u64::from(rng.random_range(0..10) == 0),
-            ),
+            )
+            .with_extended("amd.com/gpu", u64::from(rng.random_range(0..8) == 0)),
             priority: rng.random_range(0..=100),
             node_selector: Default::default(),
             tolerations: vec![],

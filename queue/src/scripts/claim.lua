@@ -8,8 +8,9 @@
 -- ARGV[6] cross-tenant order: 'priority' | 'drf' | 'priority_drf' (see ClaimOrder)
 -- Reads (derived from the prefix): ready:<tenant>, task:<id>, and for fair share capacity,
 -- usage:<tenant> and weights.
--- Returns a flat array in claim order, 11 strings per task ('' for an absent field): id,
--- tenant, prio, seq, attempt, cpu, mem, gpu, ext, place, raw (see enqueue.lua).
+-- Returns a flat array in claim order, 12 strings per task ('' for an absent field): id,
+-- tenant, prio, seq, attempt, cpu, mem, gpu, ext, place, raw (see enqueue.lua), and the
+-- whole-spec JSON that tasks queued by earlier versions carry instead of place and raw.
 local prefix = ARGV[1]
 local batch = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -134,14 +135,15 @@ while taken < batch do
   if redis.call('ZCARD', ready) == 0 then
     redis.call('SREM', KEYS[1], best.name)
   end
-  local f = redis.call('HMGET', task, 'tenant', 'prio', 'seq', 'attempt', 'cpu', 'mem', 'gpu', 'ext', 'place', 'raw')
+  local f = redis.call('HMGET', task, 'tenant', 'prio', 'seq', 'attempt', 'cpu', 'mem', 'gpu', 'ext', 'place', 'raw',
+    'spec')
   -- A ready entry whose hash is gone (partial data loss) is dropped, not leased: leasing
   -- would create a partial hash that blocks the reconciler's re-enqueue.
   if f[1] then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), h.id)
     redis.call('HSET', task, 'state', 'leased', 'owner', ARGV[4])
     out[#out + 1] = h.id
-    for i = 1, 10 do out[#out + 1] = f[i] or '' end
+    for i = 1, 11 do out[#out + 1] = f[i] or '' end
     taken = taken + 1
     if best.used then
       local u = best.used
