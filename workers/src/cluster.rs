@@ -43,6 +43,26 @@ pub struct JobRequest {
     pub limits: Resources,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
+    /// The task's name and priority, for the Job's annotations.
+    pub task_name: String,
+    pub priority: i32,
+    /// When the task was submitted (the `created-at` annotation).
+    pub created_at: DateTime<Utc>,
+    /// The Job's `activeDeadlineSeconds`; None leaves the attempt unbounded.
+    pub active_deadline_seconds: Option<i64>,
+    /// The tenant's volumes the task mounts.
+    pub volumes: Vec<JobVolume>,
+}
+
+/// One of the tenant's volumes, mounted into an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobVolume {
+    /// The volume's name (the pod volume's name too).
+    pub name: String,
+    /// Its PersistentVolumeClaim in the tenant's namespace.
+    pub claim: String,
+    pub mount_path: String,
+    pub read_only: bool,
 }
 
 impl JobRequest {

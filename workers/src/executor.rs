@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest};
+use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, JobVolume};
 
 #[derive(Debug, Error)]
 pub enum ExecutorError {
@@ -71,6 +71,19 @@ struct TaskRow {
     tolerations: Option<serde_json::Value>,
     status: String,
     current_retry_count: Option<i32>,
+    name: String,
+    priority: Option<i32>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The tenant volumes it mounts: `[{name, claim, mount_path, read_only}]`.
+    mounts: serde_json::Value,
+}
+
+#[derive(serde::Deserialize)]
+struct Mount {
+    name: String,
+    claim: String,
+    mount_path: String,
+    read_only: bool,
 }
 
 /// Decodes an optional JSON column of a task (labels, selectors, tolerations); absent or null
@@ -112,6 +125,14 @@ impl TaskRow {
                 .map_err(|e| malformed("resource_limits", e))?,
             node_selector: stored(id, "node_selector", self.node_selector)?,
             tolerations,
+            task_name: self.name,
+            priority: self.priority.unwrap_or(0),
+            created_at: self.created_at.unwrap_or_else(chrono::Utc::now),
+            active_deadline_seconds: None,
+            volumes: stored::<Vec<Mount>>(id, "volumes", Some(self.mounts))?
+                .into_iter()
+                .map(|m| JobVolume { name: m.name, claim: m.claim, mount_path: m.mount_path, read_only: m.read_only })
+                .collect(),
         })
     }
 }
@@ -272,7 +293,11 @@ impl Executor {
         let row: Option<TaskRow> = sqlx::query_as(
             "select t.id, t.tenant_id, t.user_id, n.name as tenant_name, t.image, t.command, t.args, t.env_vars,
                     t.labels, t.resource_requests, t.resource_limits, t.node_selector, t.tolerations, t.status,
-                    t.current_retry_count
+                    t.current_retry_count, t.name, t.priority, t.created_at,
+                    (select coalesce(jsonb_agg(jsonb_build_object('name', v.name,
+                                'claim', coalesce(v.pvc_name, v.id::text), 'mount_path', tv.mount_path,
+                                'read_only', coalesce(tv.read_only, false)) order by v.name), '[]')
+                     from task_volumes tv join volumes v on v.id = tv.volume_id where tv.task_id = t.id) as mounts
              from tasks t join tenants n on n.id = t.tenant_id
              where t.id = $1",
         )

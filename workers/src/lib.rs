@@ -1,6 +1,7 @@
 //! berth's workers: they turn bindings into running Jobs and Job outcomes into task states.
 //!
 //! - [`cluster`]: the [`Cluster`] seam (create/delete Job, Job events, nodes) and its types.
+//! - [`job`]: one attempt's Kubernetes Job, built as the seed's Job template.
 //! - [`sim`]: [`SimCluster`], in-process nodes whose tasks run for the duration in their
 //!   `berth.io/sim-duration` label and exit with `berth.io/sim-exit-code` (DESIGN.md §7).
 //! - [`executor`]: [`executor::run`], reading bindings from Redis, creating one Job per
@@ -13,10 +14,11 @@
 
 pub mod cluster;
 pub mod executor;
+pub mod job;
 pub mod nodes;
 pub mod reconciler;
 pub mod sim;
 pub mod volumes;
 
-pub use cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, VolumePhase, VolumeRequest};
+pub use cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, JobVolume, VolumePhase, VolumeRequest};
 pub use sim::SimCluster;

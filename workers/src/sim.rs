@@ -169,6 +169,11 @@ mod tests {
             limits: Resources::ZERO,
             node_selector: BTreeMap::new(),
             tolerations: vec![],
+            task_name: "x".into(),
+            priority: 0,
+            created_at: chrono::Utc::now(),
+            active_deadline_seconds: None,
+            volumes: vec![],
         }
     }
 
