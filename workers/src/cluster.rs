@@ -17,6 +17,10 @@ pub enum ClusterError {
     JobDeleteFailed { job: String, message: String },
     #[error("listing nodes failed: {0}")]
     NodeListFailed(String),
+    #[error("ensuring namespace {namespace} failed: {message}")]
+    NamespaceFailed { namespace: String, message: String },
+    #[error("ensuring volume claim {claim} failed: {message}")]
+    VolumeFailed { claim: String, message: String },
     #[error("the job event stream was already taken")]
     EventsTaken,
 }
@@ -146,4 +150,22 @@ pub trait Cluster: Send + Sync + 'static {
     async fn ensure_volume(&self, volume: &VolumeRequest) -> Result<VolumePhase, ClusterError>;
     /// Every node with the capacity berth may use (`requested` is ignored: the ledger owns it).
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError>;
+    /// Creates or updates a tenant's namespace and what berth keeps in it. Safe to repeat.
+    /// The simulated cluster has no namespaces.
+    async fn ensure_namespace(&self, _namespace: &NamespaceRequest) -> Result<(), ClusterError> {
+        Ok(())
+    }
+}
+
+/// A tenant's namespace as berth wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRequest {
+    /// `tenant-<name>`.
+    pub namespace: String,
+    pub tenant: String,
+    pub tenant_id: Uuid,
+    /// The tenant's quota, for the ResourceQuota; None where unlimited.
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub gpu: Option<u64>,
 }

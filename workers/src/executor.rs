@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, JobVolume};
+use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, JobVolume, NamespaceRequest};
 
 #[derive(Debug, Error)]
 pub enum ExecutorError {
@@ -51,6 +51,8 @@ pub struct Executor {
     cluster: Arc<dyn Cluster>,
     config: ExecutorConfig,
     consumer: String,
+    /// Tenant namespaces this process has ensured (once per process, before a first Job).
+    namespaces: std::sync::Mutex<std::collections::HashSet<Uuid>>,
 }
 
 /// The task fields an attempt needs.
@@ -172,7 +174,7 @@ impl Executor {
         cluster: Arc<dyn Cluster>,
         consumer: String,
     ) -> Executor {
-        Executor { pool, queue, cluster, config, consumer }
+        Executor { pool, queue, cluster, config, consumer, namespaces: Default::default() }
     }
 
     /// A connection of its own for a blocking reader, retried until it opens or `stop`.
@@ -355,11 +357,52 @@ impl Executor {
         if status == TaskStatus::Running {
             return Ok(());
         }
+        match self.ensure_namespace(tenant_id, &job.namespace).await {
+            Ok(()) => {}
+            // The cluster refused: the attempt fails (and is retried with backoff). A database
+            // error is this process's problem: the binding stays unacknowledged.
+            Err(ExecutorError::Cluster(e)) => {
+                warn!(error = %e, task = %b.task_id, "ensuring the tenant's namespace failed; failing the attempt");
+                let now = Utc::now();
+                self.attempt_failed(b.task_id, b.attempt, None, "NamespaceFailed", &e.to_string(), now).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         if let Err(e) = self.cluster.create_job(&job).await {
             warn!(error = %e, task = %b.task_id, "job creation failed; failing the attempt");
             let now = Utc::now();
             self.attempt_failed(b.task_id, b.attempt, None, "JobCreateFailed", &e.to_string(), now).await?;
         }
+        Ok(())
+    }
+
+    /// The tenant's namespace, with its quota, before the first Job this process creates in it.
+    async fn ensure_namespace(&self, tenant_id: Uuid, namespace: &str) -> Result<(), ExecutorError> {
+        if self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).contains(&tenant_id) {
+            return Ok(());
+        }
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "select n.name, q.resource_type, q.hard_limit from tenants n
+             join resource_quotas q on q.tenant_id = n.id where n.id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        // The largest bigint is "unlimited" (migration 0003).
+        let limit = |kind: &str| {
+            rows.iter().find(|r| r.1 == kind).map(|r| r.2).filter(|v| *v != i64::MAX).map(|v| v.max(0) as u64)
+        };
+        let request = NamespaceRequest {
+            namespace: namespace.to_owned(),
+            tenant: rows.first().map(|r| r.0.clone()).unwrap_or_default(),
+            tenant_id,
+            cpu_millis: limit("cpu"),
+            memory_bytes: limit("memory"),
+            gpu: limit("gpu"),
+        };
+        self.cluster.ensure_namespace(&request).await?;
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant_id);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! berth's workers: they turn bindings into running Jobs and Job outcomes into task states.
 //!
 //! - [`cluster`]: the [`Cluster`] seam (create/delete Job, Job events, nodes) and its types.
+//! - [`k8s`]: [`k8s::KubeCluster`], the seam on a real Kubernetes API (kube-rs).
 //! - [`job`]: one attempt's Kubernetes Job, built as the seed's Job template.
 //! - [`sim`]: [`SimCluster`], in-process nodes whose tasks run for the duration in their
 //!   `berth.io/sim-duration` label and exit with `berth.io/sim-exit-code` (DESIGN.md §7).
@@ -15,6 +16,7 @@
 pub mod cluster;
 pub mod executor;
 pub mod job;
+pub mod k8s;
 pub mod nodes;
 pub mod reconciler;
 pub mod sim;

@@ -1,0 +1,420 @@
+//! [`KubeCluster`]: the [`Cluster`] seam on a real Kubernetes API, through kube-rs.
+//!
+//! - Jobs: one per attempt, built by [`crate::job::build`]; a deterministic name, so
+//!   `AlreadyExists` means an earlier try created it (success). Deleted with foreground
+//!   propagation, so the pods go first.
+//! - Events: a kube-runtime watcher on berth's task pods (label-selected, every namespace),
+//!   each pod's phase mapped to a [`JobEvent`] of its task and attempt. Repeats are harmless:
+//!   the executor applies each transition once.
+//! - Volumes: a PersistentVolumeClaim in the tenant's namespace; its phase is the volume's.
+//! - Nodes: allocatable, labels, taints, and schedulable (not cordoned, Ready).
+//! - Tenant namespaces (`ensure_namespace`): labels, a ResourceQuota mirroring the tenant's
+//!   quota, a LimitRange defaulting requests to kube-scheduler's 100m / 200Mi (what berth
+//!   reserves for a request-less task), a default-deny-ingress NetworkPolicy and the task
+//!   ServiceAccount, all server-side applied, so repeating it is harmless.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use berth_core::resources::GPU_RESOURCE;
+use berth_core::{NodeView, Resources, Taint, TaintEffect, quantity};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, Node, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
+    ResourceQuota, ResourceQuotaSpec, ServiceAccount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::cluster::{
+    Cluster, ClusterError, JobEvent, JobPhase, JobRequest, NamespaceRequest, VolumePhase, VolumeRequest,
+};
+use crate::job::{self, APP, LABEL_ATTEMPT, LABEL_TASK, SERVICE_ACCOUNT};
+
+/// The field manager of berth's server-side applies.
+const MANAGER: &str = "berth";
+
+pub struct KubeCluster {
+    client: kube::Client,
+    events: Mutex<Option<mpsc::UnboundedReceiver<JobEvent>>>,
+    tx: mpsc::UnboundedSender<JobEvent>,
+}
+
+fn api_error(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl KubeCluster {
+    pub fn new(client: kube::Client) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        KubeCluster { client, events: Mutex::new(Some(rx)), tx }
+    }
+
+    /// Creates or updates the tenant's namespace and what berth keeps in it.
+    async fn apply_namespace(&self, ns: &NamespaceRequest) -> Result<(), ClusterError> {
+        let fail = |what: &str, e: kube::Error| ClusterError::NamespaceFailed {
+            namespace: ns.namespace.clone(),
+            message: format!("{what}: {e}"),
+        };
+        let labels = BTreeMap::from([
+            ("app".to_string(), APP.to_string()),
+            ("compute-platform/tenant".into(), ns.tenant.clone()),
+            ("compute-platform/tenant-id".into(), ns.tenant_id.to_string()),
+        ]);
+        let meta = |name: &str, namespace: Option<&str>| ObjectMeta {
+            name: Some(name.into()),
+            namespace: namespace.map(Into::into),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let pp = PatchParams::apply(MANAGER).force();
+        let n = &ns.namespace;
+        let namespace = Namespace { metadata: meta(n, None), ..Default::default() };
+        Api::<Namespace>::all(self.client.clone())
+            .patch(n, &pp, &Patch::Apply(&namespace))
+            .await
+            .map_err(|e| fail("namespace", e))?;
+        let sa = ServiceAccount {
+            metadata: meta(SERVICE_ACCOUNT, Some(n)),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.client.clone(), n)
+            .patch(SERVICE_ACCOUNT, &pp, &Patch::Apply(&sa))
+            .await
+            .map_err(|e| fail("service account", e))?;
+        let mut hard = BTreeMap::new();
+        if let Some(c) = ns.cpu_millis {
+            hard.insert("requests.cpu".to_string(), Quantity(quantity::format_cpu_millis(c)));
+        }
+        if let Some(m) = ns.memory_bytes {
+            hard.insert("requests.memory".to_string(), Quantity(quantity::format_bytes(m)));
+        }
+        if let Some(g) = ns.gpu {
+            hard.insert(format!("requests.{GPU_RESOURCE}"), Quantity(g.to_string()));
+        }
+        let quota = ResourceQuota {
+            metadata: meta("compute-platform-quota", Some(n)),
+            spec: Some(ResourceQuotaSpec { hard: Some(hard), ..Default::default() }),
+            status: None,
+        };
+        Api::<ResourceQuota>::namespaced(self.client.clone(), n)
+            .patch("compute-platform-quota", &pp, &Patch::Apply(&quota))
+            .await
+            .map_err(|e| fail("resource quota", e))?;
+        let defaults = BTreeMap::from([
+            ("cpu".to_string(), Quantity(quantity::format_cpu_millis(berth_core::resources::DEFAULT_CPU_MILLIS))),
+            ("memory".to_string(), Quantity(quantity::format_bytes(berth_core::resources::DEFAULT_MEMORY_BYTES))),
+        ]);
+        let limits = LimitRange {
+            metadata: meta("compute-platform-defaults", Some(n)),
+            spec: Some(LimitRangeSpec {
+                limits: vec![LimitRangeItem {
+                    type_: "Container".into(),
+                    default_request: Some(defaults),
+                    ..Default::default()
+                }],
+            }),
+        };
+        Api::<LimitRange>::namespaced(self.client.clone(), n)
+            .patch("compute-platform-defaults", &pp, &Patch::Apply(&limits))
+            .await
+            .map_err(|e| fail("limit range", e))?;
+        let deny = NetworkPolicy {
+            metadata: meta("default-deny-ingress", Some(n)),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector::default()),
+                policy_types: Some(vec!["Ingress".into()]),
+                ..Default::default()
+            }),
+        };
+        Api::<NetworkPolicy>::namespaced(self.client.clone(), n)
+            .patch("default-deny-ingress", &pp, &Patch::Apply(&deny))
+            .await
+            .map_err(|e| fail("network policy", e))?;
+        Ok(())
+    }
+
+    /// Watches berth's task pods in every namespace until the receiver is dropped.
+    async fn watch_pods(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>) {
+        let pods: Api<Pod> = Api::all(client);
+        let config = watcher::Config::default().labels(job::SELECTOR);
+        let mut stream = watcher(pods, config).boxed();
+        while let Some(event) = stream.next().await {
+            let pods = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
+                Ok(_) => continue,
+                Err(e) => {
+                    // The watcher retries by itself (relist, then watch again).
+                    warn!(error = %e, "pod watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            for p in pods {
+                if let Some(e) = pod_event(&p)
+                    && tx.send(e).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32).unwrap_or_else(Utc::now)
+}
+
+/// The [`JobEvent`] a pod's state stands for, if any (pending pods have none).
+pub fn pod_event(pod: &Pod) -> Option<JobEvent> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let task_id: Uuid = labels.get(LABEL_TASK)?.parse().ok()?;
+    let attempt: u32 = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    let status = pod.status.as_ref()?;
+    let container =
+        status.container_statuses.iter().flatten().find(|c| c.name == job::CONTAINER).and_then(|c| c.state.as_ref());
+    let terminated = container.and_then(|s| s.terminated.as_ref());
+    let now = Utc::now();
+    let finished: DateTime<Utc> = terminated.and_then(|t| t.finished_at.as_ref()).map_or(now, time);
+    let phase = match status.phase.as_deref()? {
+        "Running" => JobPhase::Running {
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            at: status.start_time.as_ref().map_or(now, time),
+        },
+        "Succeeded" => JobPhase::Succeeded { at: finished },
+        "Failed" => JobPhase::Failed {
+            exit_code: terminated.map(|t| t.exit_code),
+            // The container's reason (OOMKilled, Error) before the pod's (Evicted,
+            // DeadlineExceeded), which names why the pod, not the process, ended.
+            reason: terminated
+                .and_then(|t| t.reason.clone())
+                .or_else(|| status.reason.clone())
+                .unwrap_or_else(|| "Failed".into()),
+            message: terminated.and_then(|t| t.message.clone()).or_else(|| status.message.clone()).unwrap_or_default(),
+            at: finished,
+        },
+        _ => return None,
+    };
+    Some(JobEvent { task_id, attempt, phase })
+}
+
+fn parse_quantity(q: Option<&Quantity>, parse: fn(&str) -> Result<u64, quantity::QuantityError>) -> u64 {
+    q.and_then(|q| parse(&q.0).ok()).unwrap_or(0)
+}
+
+/// What berth may use of a node (allocatable), with its scheduling facts.
+pub fn node_view(node: &Node) -> Option<NodeView> {
+    let name = node.metadata.name.clone()?;
+    let status = node.status.as_ref();
+    let alloc = status.and_then(|s| s.allocatable.as_ref());
+    let get = |k: &str| alloc.and_then(|a| a.get(k));
+    let mut allocatable = Resources::new(
+        parse_quantity(get("cpu"), quantity::parse_cpu_millis),
+        parse_quantity(get("memory"), quantity::parse_bytes),
+        parse_quantity(get(GPU_RESOURCE), quantity::parse_bytes),
+    );
+    for (k, v) in alloc.into_iter().flatten() {
+        if berth_core::resources::check_extended_name(k).is_ok()
+            && let Ok(n) = berth_core::resources::parse_count(&v.0)
+        {
+            allocatable.extended.set(k.as_str(), n);
+        }
+    }
+    let spec = node.spec.as_ref();
+    let taints = spec
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let effect = match t.effect.as_str() {
+                "NoSchedule" => TaintEffect::NoSchedule,
+                "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+                "NoExecute" => TaintEffect::NoExecute,
+                _ => return None,
+            };
+            Some(Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect })
+        })
+        .collect();
+    let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    Some(NodeView {
+        name,
+        allocatable,
+        requested: Resources::ZERO,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        taints,
+        schedulable: ready && !cordoned,
+    })
+}
+
+#[async_trait]
+impl Cluster for KubeCluster {
+    async fn create_job(&self, req: &JobRequest) -> Result<(), ClusterError> {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &req.namespace);
+        match jobs.create(&PostParams::default(), &job::build(req)).await {
+            Ok(_) => Ok(()),
+            Err(e) if api_error(&e).is_some_and(|s| s.is_already_exists()) => {
+                debug!(job = %req.name, "job already exists");
+                Ok(())
+            }
+            Err(e) => Err(ClusterError::JobCreateFailed { job: req.name.clone(), message: e.to_string() }),
+        }
+    }
+
+    async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
+        match jobs.delete(name, &DeleteParams::foreground()).await {
+            Ok(_) => Ok(()),
+            Err(e) if api_error(&e).is_some_and(|s| s.is_not_found()) => Ok(()),
+            Err(e) => Err(ClusterError::JobDeleteFailed { job: name.into(), message: e.to_string() }),
+        }
+    }
+
+    fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError> {
+        let rx = self.events.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(ClusterError::EventsTaken)?;
+        tokio::spawn(Self::watch_pods(self.client.clone(), self.tx.clone()));
+        Ok(rx)
+    }
+
+    async fn ensure_volume(&self, v: &VolumeRequest) -> Result<VolumePhase, ClusterError> {
+        let fail = |e: kube::Error| ClusterError::VolumeFailed { claim: v.claim.clone(), message: e.to_string() };
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &v.namespace);
+        let existing = claims.get_opt(&v.claim).await.map_err(fail)?;
+        let claim = match existing {
+            Some(c) => c,
+            None => {
+                let pvc = PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some(v.claim.clone()),
+                        namespace: Some(v.namespace.clone()),
+                        labels: Some(BTreeMap::from([("app".to_string(), APP.to_string())])),
+                        ..Default::default()
+                    },
+                    spec: Some(PersistentVolumeClaimSpec {
+                        access_modes: Some(vec![v.access_mode.clone()]),
+                        storage_class_name: v.storage_class.clone(),
+                        resources: Some(VolumeResourceRequirements {
+                            requests: Some(BTreeMap::from([("storage".to_string(), Quantity(v.size.clone()))])),
+                            limits: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    status: None,
+                };
+                match claims.create(&PostParams::default(), &pvc).await {
+                    Ok(c) => c,
+                    Err(e) if api_error(&e).is_some_and(|s| s.is_already_exists()) => {
+                        claims.get(&v.claim).await.map_err(fail)?
+                    }
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+        };
+        Ok(match claim.status.and_then(|s| s.phase).as_deref() {
+            Some("Bound") => VolumePhase::Bound,
+            Some("Lost") => VolumePhase::Lost,
+            _ => VolumePhase::Pending,
+        })
+    }
+
+    async fn ensure_namespace(&self, ns: &NamespaceRequest) -> Result<(), ClusterError> {
+        self.apply_namespace(ns).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let list = nodes.list(&Default::default()).await.map_err(|e| ClusterError::NodeListFailed(e.to_string()))?;
+        Ok(list.items.iter().filter_map(node_view).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": {
+                "compute-platform/task-id": "00000000-0000-0000-0000-000000000001",
+                "compute-platform/attempt": "3"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "task-container"}]},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_phases_become_job_events() {
+        assert_eq!(pod_event(&pod(json!({"phase": "Pending"}))), None);
+        let running = pod_event(&pod(json!({"phase": "Running", "startTime": "2026-12-04T10:00:00Z"}))).unwrap();
+        assert_eq!((running.task_id, running.attempt), (Uuid::from_u128(1), 3));
+        assert_eq!(running.phase, JobPhase::Running { node: "n1".into(), at: "2026-12-04T10:00:00Z".parse().unwrap() });
+        let oom = pod_event(&pod(json!({"phase": "Failed", "containerStatuses": [{"name": "task-container",
+            "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-12-04T10:05:00Z"}}}]})))
+        .unwrap();
+        assert_eq!(
+            oom.phase,
+            JobPhase::Failed {
+                exit_code: Some(137),
+                reason: "OOMKilled".into(),
+                message: String::new(),
+                at: "2026-12-04T10:05:00Z".parse().unwrap()
+            }
+        );
+        // An eviction has no container verdict: the pod's reason names it.
+        let evicted =
+            pod_event(&pod(json!({"phase": "Failed", "reason": "Evicted", "message": "node low on memory"}))).unwrap();
+        assert!(
+            matches!(&evicted.phase, JobPhase::Failed { exit_code: None, reason, message, .. }
+                if reason == "Evicted" && message == "node low on memory"),
+            "{evicted:?}"
+        );
+        // Not berth's pod: no event.
+        let mut foreign = pod(json!({"phase": "Running"}));
+        foreign.metadata.labels = None;
+        assert_eq!(pod_event(&foreign), None);
+    }
+
+    #[test]
+    fn nodes_carry_allocatable_taints_and_readiness() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}},
+            "spec": {"taints": [{"key": "gpu", "value": "true", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "7910m", "memory": "31Gi", "nvidia.com/gpu": "2", "amd.com/gpu": "1",
+                                "pods": "110", "hugepages-2Mi": "0", "ephemeral-storage": "100Gi"},
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }))
+        .unwrap();
+        let v = node_view(&node).unwrap();
+        assert_eq!(v.allocatable, Resources::new(7910, 31 << 30, 2).with_extended("amd.com/gpu", 1));
+        assert_eq!(v.taints, vec![Taint { key: "gpu".into(), value: "true".into(), effect: TaintEffect::NoSchedule }]);
+        assert!(v.schedulable);
+        let mut cordoned = node.clone();
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert!(!node_view(&cordoned).unwrap().schedulable);
+        let mut not_ready = node;
+        not_ready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        assert!(!node_view(&not_ready).unwrap().schedulable);
+    }
+}

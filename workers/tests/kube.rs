@@ -1,0 +1,357 @@
+//! The Kubernetes implementation of the Cluster seam against a Kubernetes API over HTTP: the
+//! kmock emulator (PyPI, pinned by `scripts/kmock.sh`) with berth's shim
+//! (`tests/kmock/shim.py`), one emulator per test. The test plays the Job controller and the
+//! kubelet by creating pods and patching their status, as those would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth_core::{Resources, TaintEffect, Toleration, TolerationOperator};
+use berth_workers::cluster::JobVolume;
+use berth_workers::cluster::NamespaceRequest;
+use berth_workers::k8s::KubeCluster;
+use berth_workers::{Cluster, JobPhase, JobRequest, VolumePhase, VolumeRequest};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use uuid::Uuid;
+
+/// One emulator process, killed when dropped.
+struct Emulator {
+    child: Child,
+    url: String,
+}
+
+impl Emulator {
+    fn start() -> Emulator {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let out =
+            Command::new(format!("{root}/scripts/kmock.sh")).current_dir(root).output().expect("scripts/kmock.sh");
+        assert!(out.status.success(), "scripts/kmock.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let python = String::from_utf8(out.stdout).unwrap().lines().last().expect("the venv's python").to_owned();
+        let mut child = Command::new(python)
+            .arg(format!("{root}/tests/kmock/shim.py"))
+            .args(["--port", "0"])
+            // It exits when this process's end of its stdin closes, even if this process is
+            // SIGKILLed and never runs Drop.
+            .arg("--exit-on-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the kmock shim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("shim said {line:?}"));
+        Emulator { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn client(&self) -> kube::Client {
+        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(attempt: u32) -> JobRequest {
+    let task_id = Uuid::from_u128(0xabc);
+    JobRequest {
+        name: JobRequest::job_name(task_id, attempt),
+        namespace: "tenant-acme".into(),
+        task_id,
+        tenant_id: Uuid::from_u128(2),
+        user_id: Uuid::from_u128(3),
+        attempt,
+        node: "node-1".into(),
+        image: "busybox:1.36".into(),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec!["echo hi".into()],
+        env: [("A".to_string(), "1".to_string())].into(),
+        labels: [("team".to_string(), "ml".to_string())].into(),
+        requests: Resources::new(500, 1 << 30, 1),
+        limits: Resources::new(1000, 2 << 30, 1),
+        node_selector: [("zone".to_string(), "a".to_string())].into(),
+        tolerations: vec![Toleration {
+            key: "gpu".into(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: Some(TaintEffect::NoSchedule),
+        }],
+        task_name: "hello".into(),
+        priority: 50,
+        created_at: "2026-12-04T10:00:00Z".parse().unwrap(),
+        active_deadline_seconds: Some(600),
+        volumes: vec![JobVolume {
+            name: "data".into(),
+            claim: "data-pvc".into(),
+            mount_path: "/data".into(),
+            read_only: false,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_created_once_as_built_and_deleted_with_its_pods() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    let req = request(0);
+    cluster.create_job(&req).await.unwrap();
+    // The same attempt again (a redelivered binding): AlreadyExists is success.
+    cluster.create_job(&req).await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(emu.client(), "tenant-acme");
+    let stored = jobs.get(&req.name).await.unwrap();
+    let built = berth_workers::job::build(&req);
+    assert_eq!(serde_json::to_value(&stored.spec).unwrap(), serde_json::to_value(&built.spec).unwrap());
+    assert_eq!(stored.metadata.labels, built.metadata.labels);
+    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 1);
+
+    // The job controller's pod, owned by the Job.
+    let uid = stored.metadata.uid.clone().expect("the emulator assigns uids");
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "tenant-acme");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": format!("{}-x", req.name), "labels": {"app": "compute-platform"},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": req.name, "uid": uid}]},
+        "spec": {"containers": [{"name": "task-container", "image": "busybox:1.36"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.delete_job("tenant-acme", &req.name).await.unwrap();
+    assert!(jobs.get_opt(&req.name).await.unwrap().is_none());
+    assert!(pods.list(&Default::default()).await.unwrap().items.is_empty(), "foreground deletion takes the pods");
+    // Deleting what is gone is harmless.
+    cluster.delete_job("tenant-acme", &req.name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_namespace_gets_its_quota_defaults_policy_and_account() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    let ns = NamespaceRequest {
+        namespace: "tenant-acme".into(),
+        tenant: "acme".into(),
+        tenant_id: Uuid::from_u128(2),
+        cpu_millis: Some(8000),
+        memory_bytes: Some(32 << 30),
+        gpu: None,
+    };
+    cluster.ensure_namespace(&ns).await.unwrap();
+    // Again, with a changed quota: applied over the first.
+    let ns = NamespaceRequest { gpu: Some(2), ..ns };
+    cluster.ensure_namespace(&ns).await.unwrap();
+    let c = emu.client();
+    let n = Api::<Namespace>::all(c.clone()).get("tenant-acme").await.unwrap();
+    assert_eq!(n.metadata.labels.unwrap()["compute-platform/tenant"], "acme");
+    let q = Api::<ResourceQuota>::namespaced(c.clone(), "tenant-acme").get("compute-platform-quota").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(q.spec.unwrap().hard).unwrap(),
+        json!({"requests.cpu": "8", "requests.memory": "32Gi", "requests.nvidia.com/gpu": "2"})
+    );
+    let l = Api::<LimitRange>::namespaced(c.clone(), "tenant-acme").get("compute-platform-defaults").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&l.spec.unwrap().limits[0].default_request).unwrap(),
+        json!({"cpu": "100m", "memory": "200Mi"})
+    );
+    let p = Api::<NetworkPolicy>::namespaced(c.clone(), "tenant-acme").get("default-deny-ingress").await.unwrap();
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    assert!(spec.ingress.is_none(), "no ingress rule: everything in is denied");
+    let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c, "tenant-acme")
+        .get("compute-platform-task-runner")
+        .await
+        .unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(false));
+}
+
+#[tokio::test]
+async fn pod_phases_arrive_as_job_events() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    let mut events = cluster.take_events().unwrap();
+    assert!(cluster.take_events().is_err(), "one stream");
+    let req = request(1);
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "tenant-acme");
+    let template = berth_workers::job::build(&req).spec.unwrap().template;
+    let pod = Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("p1".into()),
+            namespace: Some("tenant-acme".into()),
+            ..template.metadata.unwrap()
+        },
+        spec: template.spec,
+        status: None,
+    };
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = |s: serde_json::Value| Patch::Merge(json!({"status": s}));
+    pods.patch_status(
+        "p1",
+        &PatchParams::default(),
+        &status(json!({"phase": "Running", "startTime": "2026-12-04T10:00:00Z"})),
+    )
+    .await
+    .unwrap();
+    let next = async |events: &mut tokio::sync::mpsc::UnboundedReceiver<berth_workers::JobEvent>| {
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event in time").unwrap()
+    };
+    let e = next(&mut events).await;
+    assert_eq!((e.task_id, e.attempt), (req.task_id, 1));
+    assert_eq!(e.phase, JobPhase::Running { node: "node-1".into(), at: "2026-12-04T10:00:00Z".parse().unwrap() });
+    pods.patch_status(
+        "p1",
+        &PatchParams::default(),
+        &status(json!({"phase": "Failed", "containerStatuses": [{"name": "task-container", "image": "busybox:1.36",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-12-04T10:01:00Z"}}}]})),
+    )
+    .await
+    .unwrap();
+    let e = next(&mut events).await;
+    assert!(
+        matches!(&e.phase, JobPhase::Failed { exit_code: Some(137), reason, .. } if reason == "OOMKilled"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn nodes_and_volume_claims_come_from_the_api() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    // As a kubelet registers: the node, then its status.
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-1", "labels": {"zone": "a"}},
+        "spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}
+    }))
+    .unwrap();
+    let nodes_api = Api::<Node>::all(emu.client());
+    nodes_api.create(&PostParams::default(), &node).await.unwrap();
+    let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
+                                   "conditions": [{"type": "Ready", "status": "True"}]}});
+    nodes_api.patch_status("node-1", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    let nodes = cluster.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].allocatable, Resources::new(8000, 32 << 30, 2));
+    assert!(nodes[0].schedulable);
+
+    let v = VolumeRequest {
+        namespace: "tenant-acme".into(),
+        claim: "data-pvc".into(),
+        size: "10Gi".into(),
+        storage_class: Some("standard".into()),
+        access_mode: "ReadWriteOnce".into(),
+    };
+    assert_eq!(cluster.ensure_volume(&v).await.unwrap(), VolumePhase::Pending);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(emu.client(), "tenant-acme");
+    let pvc = claims.get("data-pvc").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(pvc.spec.unwrap()).unwrap(),
+        json!({"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+               "resources": {"requests": {"storage": "10Gi"}}})
+    );
+    claims
+        .patch_status("data-pvc", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Bound"}})))
+        .await
+        .unwrap();
+    assert_eq!(cluster.ensure_volume(&v).await.unwrap(), VolumePhase::Bound, "and repeating it keeps the claim");
+    assert_eq!(claims.list(&Default::default()).await.unwrap().items.len(), 1);
+}
+
+/// The executor through the Kubernetes implementation: a binding makes the tenant's namespace
+/// (quota from PostgreSQL) and the attempt's Job, with the task's volume as its claim.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_binding_makes_the_tenant_namespace_and_the_job(pool: sqlx::PgPool) {
+    let emu = Emulator::start();
+    let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let partition = format!("test-{}", Uuid::new_v4().simple());
+    let queue = berth_queue::Queue::connect(&url, &partition).await.expect("Redis (make services)");
+    let (tenant,): (Uuid,) =
+        sqlx::query_as("insert into tenants (name, display_name) values ('acme', 'Acme') returning id")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "insert into resource_quotas (tenant_id, resource_type, hard_limit, used_amount)
+         values ($1, 'cpu', 16000, 0), ($1, 'memory', 9223372036854775807, 0)",
+    )
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (user,): (Uuid,) = sqlx::query_as(
+        "insert into users (tenant_id, username, email, password_hash) values ($1, 'alice', 'a@x', 'x') returning id",
+    )
+    .bind(tenant)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (volume,): (Uuid,) = sqlx::query_as(
+        "insert into volumes (tenant_id, user_id, name, size, pvc_name) values ($1, $2, 'data', '1Gi', 'data-claim')
+         returning id",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "insert into tasks (id, tenant_id, user_id, name, image, resource_requests, priority)
+         values ($1, $2, $3, 'train', 'busybox:1.36', $4, 30)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(user)
+    .bind(json!({"cpu": "2", "memory": "1Gi", "gpu": 0}))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("insert into task_volumes (task_id, volume_id, mount_path, read_only) values ($1, $2, '/data', true)")
+        .bind(id)
+        .bind(volume)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cluster = std::sync::Arc::new(KubeCluster::new(emu.client()));
+    let executor = berth_workers::executor::Executor::new(
+        Default::default(),
+        pool.clone(),
+        queue.clone(),
+        cluster,
+        "test-executor".into(),
+    );
+    let binding = berth_queue::Binding { entry_id: "0-1".into(), task_id: id, node: "node-1".into(), attempt: 0 };
+    executor.handle_binding(&binding).await.unwrap();
+    // Again (a redelivery): still one Job.
+    executor.handle_binding(&binding).await.unwrap();
+
+    let c = emu.client();
+    let q = Api::<ResourceQuota>::namespaced(c.clone(), "tenant-acme").get("compute-platform-quota").await.unwrap();
+    assert_eq!(serde_json::to_value(q.spec.unwrap().hard).unwrap(), json!({"requests.cpu": "16"}), "memory unlimited");
+    let jobs: Api<Job> = Api::namespaced(c, "tenant-acme");
+    let all = jobs.list(&Default::default()).await.unwrap().items;
+    assert_eq!(all.len(), 1);
+    let job = serde_json::to_value(&all[0]).unwrap();
+    assert_eq!(job["metadata"]["name"], format!("task-{id}-0"));
+    assert_eq!(job["metadata"]["annotations"]["compute-platform/task-name"], "train");
+    assert_eq!(job["metadata"]["annotations"]["compute-platform/priority"], "30");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeName"], "node-1");
+    assert_eq!(
+        pod["volumes"][2],
+        json!({"name": "data", "persistentVolumeClaim": {"claimName": "data-claim", "readOnly": true}})
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][2],
+        json!({"name": "data", "mountPath": "/data", "readOnly": true})
+    );
+    let (status,): (String,) =
+        sqlx::query_as("select status from tasks where id = $1").bind(id).fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "scheduled");
+    berth_queue::Queue::purge_blocking(&url, &partition);
+}
