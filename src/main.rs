@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use berth_core::config::{Config, DEFAULT_JWT_SECRET, LogFormat};
+use berth_core::config::{ClusterKind, Config, DEFAULT_JWT_SECRET, LogFormat};
 use berth_queue::Queue;
 use berth_workers::{Cluster, SimCluster};
 use clap::{Parser, Subcommand};
@@ -302,7 +302,15 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
         Role::Executor => {
             let pool = connect_pg(&config).await?;
             let queue = connect_redis(&config).await?;
-            let cluster: Arc<dyn Cluster> = Arc::new(SimCluster::new(&config.cluster));
+            let cluster: Arc<dyn Cluster> = match config.cluster.kind {
+                ClusterKind::Simulated => Arc::new(SimCluster::new(&config.cluster)),
+                ClusterKind::Kubernetes => {
+                    let client = kube::Client::try_default().await.context(
+                        "connecting to Kubernetes (KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+                    )?;
+                    Arc::new(berth_workers::k8s::KubeCluster::new(client))
+                }
+            };
             serve_metrics(&config, &stop_rx).await?;
             run_executor(pool, queue, cluster, &config, &stop_rx).await
         }
@@ -374,6 +382,12 @@ async fn run_executor(
 }
 
 async fn run_dev(config: Config, stop_rx: watch::Receiver<bool>) -> Result<()> {
+    // dev fails whatever was running at its last stop and clears its partition: never let it
+    // loose on a real cluster.
+    anyhow::ensure!(
+        config.cluster.kind == ClusterKind::Simulated,
+        "berth dev runs only the simulated cluster (cluster.kind = \"simulated\"); run the roles separately for Kubernetes"
+    );
     let pool = migrate(&config).await?;
     let queue = connect_redis(&config).await?;
     berth_api::bootstrap::ensure_platform_admin(&pool, &config.bootstrap)

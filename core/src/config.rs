@@ -465,12 +465,15 @@ impl RetryConfig {
 pub enum ClusterKind {
     /// In-process nodes from `cluster.nodes` (DESIGN.md §7).
     Simulated,
+    /// A real cluster's API, found as kubectl finds it: `KUBECONFIG`, `~/.kube/config`, or the
+    /// in-cluster service account. `cluster.nodes` and the simulation keys are ignored.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `simulated`: runs anywhere, no Kubernetes needed.
+    /// `simulated`: runs anywhere, no Kubernetes needed. `kubernetes`: a real cluster.
     pub kind: ClusterKind,
     /// The simulated nodes. Default: 4 nodes `sim-1`…`sim-4` of 16 CPU, 64Gi, 4 GPUs.
     pub nodes: Vec<SimNodeConfig>,
@@ -795,7 +798,7 @@ impl Config {
             bad("executor.retry.cap".into(), "must be at least executor.retry.base".into());
         }
         let c = &self.cluster;
-        if c.nodes.is_empty() {
+        if c.kind == ClusterKind::Simulated && c.nodes.is_empty() {
             bad("cluster.nodes".into(), "the simulated cluster needs at least one node".into());
         }
         let mut seen = std::collections::BTreeSet::new();

@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -39,6 +39,21 @@ use crate::cluster::{
     Cluster, ClusterError, JobEvent, JobPhase, JobRequest, NamespaceRequest, VolumePhase, VolumeRequest,
 };
 use crate::job::{self, APP, LABEL_ATTEMPT, LABEL_TASK, SERVICE_ACCOUNT};
+
+/// Every API call this module makes, as (API group, resource, verbs): what the executor's
+/// ClusterRole (`deploy/kubernetes/executor-rbac.yaml`) grants, no more (a test holds the
+/// two equal). Server-side apply is a PATCH that may create, so it needs both verbs.
+pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("batch", "jobs", &["create", "delete"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "nodes", &["list"]),
+    ("", "persistentvolumeclaims", &["get", "create"]),
+    ("", "namespaces", &["create", "patch"]),
+    ("", "serviceaccounts", &["create", "patch"]),
+    ("", "resourcequotas", &["create", "patch"]),
+    ("", "limitranges", &["create", "patch"]),
+    ("networking.k8s.io", "networkpolicies", &["create", "patch"]),
+];
 
 /// The field manager of berth's server-side applies.
 const MANAGER: &str = "berth";
@@ -211,6 +226,49 @@ pub fn pod_event(pod: &Pod) -> Option<JobEvent> {
     Some(JobEvent { task_id, attempt, phase })
 }
 
+/// A pod's requests as kube-scheduler counts them: per resource, the larger of the sum over
+/// its containers and the largest init container (which run before them, one at a time),
+/// plus its overhead.
+pub fn pod_requests(pod: &Pod) -> Resources {
+    let Some(spec) = pod.spec.as_ref() else { return Resources::ZERO };
+    let of = |c: &k8s_openapi::api::core::v1::Container| {
+        let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let get = |k: &str| req.and_then(|m| m.get(k));
+        let mut r = Resources::new(
+            parse_quantity(get("cpu"), quantity::parse_cpu_millis),
+            parse_quantity(get("memory"), quantity::parse_bytes),
+            parse_quantity(get(GPU_RESOURCE), quantity::parse_bytes),
+        );
+        for (k, v) in req.into_iter().flatten() {
+            if berth_core::resources::check_extended_name(k).is_ok()
+                && let Ok(n) = berth_core::resources::parse_count(&v.0)
+            {
+                r.extended.set(k.as_str(), n);
+            }
+        }
+        r
+    };
+    let containers = spec.containers.iter().fold(Resources::ZERO, |acc, c| acc.saturating_add(&of(c)));
+    let max = |a: &Resources, b: &Resources| {
+        let mut m =
+            Resources::new(a.cpu_millis.max(b.cpu_millis), a.memory_bytes.max(b.memory_bytes), a.gpu.max(b.gpu));
+        for (k, v) in a.extended.iter().chain(b.extended.iter()) {
+            m.extended.set(k, m.extended.get(k).max(v));
+        }
+        m
+    };
+    let init = spec.init_containers.iter().flatten().fold(Resources::ZERO, |acc, c| max(&acc, &of(c)));
+    let mut total = max(&containers, &init);
+    if let Some(overhead) = spec.overhead.as_ref() {
+        total = total.saturating_add(&Resources::new(
+            parse_quantity(overhead.get("cpu"), quantity::parse_cpu_millis),
+            parse_quantity(overhead.get("memory"), quantity::parse_bytes),
+            0,
+        ));
+    }
+    total
+}
+
 fn parse_quantity(q: Option<&Quantity>, parse: fn(&str) -> Result<u64, quantity::QuantityError>) -> u64 {
     q.and_then(|q| parse(&q.0).ok()).unwrap_or(0)
 }
@@ -339,9 +397,34 @@ impl Cluster for KubeCluster {
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {
+        let failed = |e: kube::Error| ClusterError::NodeListFailed(e.to_string());
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let list = nodes.list(&Default::default()).await.map_err(|e| ClusterError::NodeListFailed(e.to_string()))?;
-        Ok(list.items.iter().filter_map(node_view).collect())
+        let list = nodes.list(&Default::default()).await.map_err(failed)?;
+        // Pods berth does not own take their requests out of what berth may use: system
+        // daemons, other schedulers' work. Finished pods hold nothing.
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let params = ListParams::default()
+            .labels(&format!("!{LABEL_TASK}"))
+            .fields("status.phase!=Succeeded,status.phase!=Failed");
+        let foreign = pods.list(&params).await.map_err(failed)?;
+        let mut held: BTreeMap<String, Resources> = BTreeMap::new();
+        for p in &foreign.items {
+            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+                let e = held.entry(node.clone()).or_default();
+                *e = e.saturating_add(&pod_requests(p));
+            }
+        }
+        Ok(list
+            .items
+            .iter()
+            .filter_map(node_view)
+            .map(|mut n| {
+                if let Some(h) = held.get(&n.name) {
+                    n.allocatable = n.allocatable.saturating_sub(h);
+                }
+                n
+            })
+            .collect())
     }
 }
 
@@ -392,6 +475,19 @@ mod tests {
         let mut foreign = pod(json!({"phase": "Running"}));
         foreign.metadata.labels = None;
         assert_eq!(pod_event(&foreign), None);
+    }
+
+    #[test]
+    fn a_pods_requests_count_as_kube_scheduler_counts_them() {
+        let p: Pod = serde_json::from_value(json!({"spec": {
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "1Gi", "amd.com/gpu": "1"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "250m"}}}],
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2", "memory": "256Mi"}}}],
+            "overhead": {"cpu": "100m"}}}))
+        .unwrap();
+        // cpu: max(750m, 2) + 100m; memory: max(1Gi, 256Mi).
+        assert_eq!(pod_requests(&p), Resources::new(2100, 1 << 30, 0).with_extended("amd.com/gpu", 1));
     }
 
     #[test]

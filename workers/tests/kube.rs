@@ -238,6 +238,25 @@ async fn nodes_and_volume_claims_come_from_the_api() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].allocatable, Resources::new(8000, 32 << 30, 2));
     assert!(nodes[0].schedulable);
+    // A pod berth does not own takes its requests out; berth's own pods and finished pods do not.
+    let pod = |name: &str, labels: serde_json::Value, cpu: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x",
+                     "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]}}))
+        .unwrap()
+    };
+    let system: Api<Pod> = Api::namespaced(emu.client(), "kube-system");
+    system.create(&PostParams::default(), &pod("daemon", json!({"k8s-app": "dns"}), "1500m")).await.unwrap();
+    system.create(&PostParams::default(), &pod("done", json!({}), "2")).await.unwrap();
+    system
+        .patch_status("done", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Succeeded"}})))
+        .await
+        .unwrap();
+    let ours: Api<Pod> = Api::namespaced(emu.client(), "tenant-acme");
+    let task = json!({"compute-platform/task-id": Uuid::nil().to_string()});
+    ours.create(&PostParams::default(), &pod("task", task, "3")).await.unwrap();
+    let nodes = cluster.list_nodes().await.unwrap();
+    assert_eq!(nodes[0].allocatable, Resources::new(6500, 31 << 30, 2));
 
     let v = VolumeRequest {
         namespace: "tenant-acme".into(),
