@@ -664,6 +664,11 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// The name of every node in the ledger.
+    pub async fn node_names(&self) -> Result<Vec<String>, QueueError> {
+        Ok(redis::cmd("SMEMBERS").arg(self.keys.nodes()).query_async(&mut self.conn.clone()).await?)
+    }
+
     /// The ledger's version: it moves whenever any node or reservation changes.
     pub async fn nodes_version(&self) -> Result<u64, QueueError> {
         let v: Option<u64> =

@@ -374,3 +374,36 @@ async fn a_binding_makes_the_tenant_namespace_and_the_job(pool: sqlx::PgPool) {
     assert_eq!(status, "scheduled");
     berth_queue::Queue::purge_blocking(&url, &partition);
 }
+
+/// The node publisher on the Kubernetes implementation: a node that turns NotReady, or is
+/// deleted, receives no new tasks.
+#[tokio::test]
+async fn a_node_that_goes_not_ready_or_away_takes_no_new_tasks() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let partition = format!("test-{}", Uuid::new_v4().simple());
+    let queue = berth_queue::Queue::connect(&url, &partition).await.expect("Redis (make services)");
+    let nodes_api = Api::<Node>::all(emu.client());
+    for name in ["a", "b"] {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        nodes_api.create(&PostParams::default(), &node).await.unwrap();
+        let status = json!({"status": {"allocatable": {"cpu": "4", "memory": "8Gi"},
+                                       "conditions": [{"type": "Ready", "status": "True"}]}});
+        nodes_api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    }
+    berth_workers::nodes::publish_once(&cluster, &queue).await.unwrap();
+    let schedulable = |q: berth_queue::Queue| async move {
+        q.snapshot().await.unwrap().nodes.iter().map(|n| (n.name.clone(), n.schedulable)).collect::<Vec<_>>()
+    };
+    assert_eq!(schedulable(queue.clone()).await, [("a".into(), true), ("b".into(), true)]);
+    assert_eq!(queue.capacity().await.unwrap().cpu_millis, 8000);
+
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    nodes_api.patch_status("a", &PatchParams::default(), &Patch::Merge(not_ready)).await.unwrap();
+    nodes_api.delete("b", &Default::default()).await.unwrap();
+    berth_workers::nodes::publish_once(&cluster, &queue).await.unwrap();
+    assert_eq!(schedulable(queue.clone()).await, [("a".into(), false), ("b".into(), false)]);
+    assert_eq!(queue.capacity().await.unwrap().cpu_millis, 0);
+    berth_queue::Queue::purge_blocking(&url, &partition);
+}
