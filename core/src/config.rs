@@ -16,6 +16,7 @@ use figment::Figment;
 use figment::providers::{Env, Serialized};
 use serde::{Deserialize, Serialize};
 
+use crate::failure::FailureClass;
 use crate::node::Taint;
 use crate::quantity::{parse_bytes, parse_cpu_millis};
 use crate::resources::{self, GPU_RESOURCE, Resources};
@@ -415,6 +416,9 @@ pub struct ExecutorConfig {
     pub claim_idle: Duration,
     /// Backoff before a failed attempt is retried: `min(cap, base × 2^retry)`, ± `jitter`.
     pub retry: RetryConfig,
+    /// Per failure class: whether to retry, whether a retry counts against the task's
+    /// `max_retry_count`, how many at most, and the backoff (else `retry`'s).
+    pub failures: FailuresConfig,
     /// 10s: how often the reconciler enqueues pending tasks that Redis lost or never got.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -425,6 +429,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             claim_idle: Duration::from_secs(60),
             retry: RetryConfig::default(),
+            failures: FailuresConfig::default(),
             reconcile_interval: Duration::from_secs(10),
         }
     }
@@ -457,6 +462,93 @@ impl RetryConfig {
         let capped = exp.min(self.cap.as_secs_f64());
         let factor = 1.0 + self.jitter * (2.0 * u - 1.0);
         Duration::from_secs_f64((capped * factor).max(0.0))
+    }
+}
+
+/// What the operator set for one failure class; anything left out is the class's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassPolicyConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<bool>,
+    /// Whether a retry of this class counts against the task's `max_retry_count`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted: Option<bool>,
+    /// The most retries of this class per task (required for an uncounted class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub base: Option<Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub cap: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+}
+
+/// One [`ClassPolicyConfig`] per [`FailureClass`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailuresConfig {
+    pub exit_code: ClassPolicyConfig,
+    pub oom_killed: ClassPolicyConfig,
+    pub deadline_exceeded: ClassPolicyConfig,
+    pub evicted: ClassPolicyConfig,
+    pub image_pull: ClassPolicyConfig,
+    pub node_lost: ClassPolicyConfig,
+    pub infrastructure: ClassPolicyConfig,
+}
+
+/// The retry policy a failure class runs with: its settings over its defaults over
+/// `executor.retry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassPolicy {
+    pub retry: bool,
+    pub counted: bool,
+    /// None: only the task's `max_retry_count` bounds the retries.
+    pub limit: Option<u32>,
+    pub backoff: RetryConfig,
+}
+
+/// How many uncounted retries of a lost node or an eviction a task gets by default.
+pub const DEFAULT_FREE_RETRIES: u32 = 5;
+
+impl FailuresConfig {
+    pub fn get(&self, class: FailureClass) -> &ClassPolicyConfig {
+        match class {
+            FailureClass::ExitCode => &self.exit_code,
+            FailureClass::OomKilled => &self.oom_killed,
+            FailureClass::DeadlineExceeded => &self.deadline_exceeded,
+            FailureClass::Evicted => &self.evicted,
+            FailureClass::ImagePull => &self.image_pull,
+            FailureClass::NodeLost => &self.node_lost,
+            FailureClass::Infrastructure => &self.infrastructure,
+        }
+    }
+
+    /// The effective policy of `class`. Defaults: an OOM kill and an image that cannot be
+    /// pulled fail at once (a retry would fail the same way); an eviction and a lost node are
+    /// the cluster's doing, so they are retried without counting against the task's
+    /// `max_retry_count`, at most [`DEFAULT_FREE_RETRIES`] times; the rest are retried and
+    /// counted.
+    pub fn policy(&self, class: FailureClass, backoff: &RetryConfig) -> ClassPolicy {
+        let (retry, counted, limit) = match class {
+            FailureClass::OomKilled | FailureClass::ImagePull => (false, true, None),
+            FailureClass::Evicted | FailureClass::NodeLost => (true, false, Some(DEFAULT_FREE_RETRIES)),
+            FailureClass::ExitCode | FailureClass::DeadlineExceeded | FailureClass::Infrastructure => {
+                (true, true, None)
+            }
+        };
+        let c = self.get(class);
+        ClassPolicy {
+            retry: c.retry.unwrap_or(retry),
+            counted: c.counted.unwrap_or(counted),
+            limit: c.limit.or(limit),
+            backoff: RetryConfig {
+                base: c.base.unwrap_or(backoff.base),
+                cap: c.cap.unwrap_or(backoff.cap),
+                jitter: c.jitter.unwrap_or(backoff.jitter),
+            },
+        }
     }
 }
 
@@ -797,6 +889,25 @@ impl Config {
         if r.cap < r.base {
             bad("executor.retry.cap".into(), "must be at least executor.retry.base".into());
         }
+        for class in FailureClass::ALL {
+            let at = |k: &str| format!("executor.failures.{class}.{k}");
+            let p = self.executor.failures.policy(class, r);
+            if !(0.0..=1.0).contains(&p.backoff.jitter) {
+                bad(at("jitter"), "must be between 0 and 1".into());
+            }
+            if p.backoff.base.is_zero() {
+                bad(at("base"), "must be positive".into());
+            }
+            if p.backoff.cap < p.backoff.base {
+                bad(at("cap"), "must be at least the base".into());
+            }
+            if p.retry && !p.counted && p.limit.is_none() {
+                bad(at("limit"), "an uncounted class needs a limit, or its retries never end".into());
+            }
+            if p.limit.is_some_and(|l| l > 100) {
+                bad(at("limit"), "must be at most 100".into());
+            }
+        }
         let c = &self.cluster;
         if c.kind == ClusterKind::Simulated && c.nodes.is_empty() {
             bad("cluster.nodes".into(), "the simulated cluster needs at least one node".into());
@@ -1088,6 +1199,26 @@ mod tests {
                 .unwrap_err();
             assert_eq!(paths(e), vec!["scheduler.profile.candidate_limit"], "{scorer}");
         }
+    }
+
+    #[test]
+    fn failure_classes_take_their_defaults_and_the_operators_settings() {
+        let c = Config::from_toml_str(
+            "[executor.failures.oom_killed]\nretry = true\n[executor.failures.evicted]\nlimit = 9\nbase = \"1s\"\n",
+        )
+        .unwrap();
+        let (f, r) = (&c.executor.failures, &c.executor.retry);
+        assert!(f.policy(FailureClass::OomKilled, r).retry);
+        assert!(!f.policy(FailureClass::ImagePull, r).retry);
+        let evicted = f.policy(FailureClass::Evicted, r);
+        assert_eq!((evicted.retry, evicted.counted, evicted.limit), (true, false, Some(9)));
+        assert_eq!((evicted.backoff.base, evicted.backoff.cap), (Duration::from_secs(1), r.cap));
+        let exit = f.policy(FailureClass::ExitCode, r);
+        assert_eq!((exit.retry, exit.counted, exit.limit), (true, true, None));
+        let e = Config::from_toml_str("[executor.failures.exit_code]\ncounted = false\n").unwrap_err();
+        assert_eq!(paths(e), vec!["executor.failures.exit_code.limit"]);
+        let e = Config::from_toml_str("[executor.failures.node_lots]\nlimit = 1\n").unwrap_err();
+        assert_eq!(paths(e), vec!["executor.failures.node_lots"]);
     }
 
     #[test]

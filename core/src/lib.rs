@@ -6,12 +6,14 @@
 //! - [`node`]: [`NodeView`] (what the scheduler knows of a node), taints, [`ClusterSnapshot`].
 //! - [`validate`]: field validation shared by the API and config (names, labels, images).
 //! - [`config`]: `berth.toml` with `BERTH_…` environment overrides, validated with key paths.
+//! - [`failure`]: [`failure::FailureClass`], why an attempt failed, for its retry policy.
 //! - [`sim`]: the labels that steer the simulated cluster.
 //! - [`store`]: SQL shared by the roles that write the same rows (quota release).
 //!
 //! Start with [`task::TaskStatus`] and [`resources::Resources`]: the rest builds on them.
 
 pub mod config;
+pub mod failure;
 pub mod node;
 pub mod quantity;
 pub mod resources;

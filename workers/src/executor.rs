@@ -25,6 +25,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use berth_core::failure::FailureClass;
+
 use crate::cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, JobVolume, NamespaceRequest};
 
 #[derive(Debug, Error)]
@@ -495,10 +497,12 @@ impl Executor {
         message: &str,
         at: DateTime<Utc>,
     ) -> Result<(), ExecutorError> {
-        let error = format!("{reason}: {message}");
+        let class = FailureClass::classify(reason);
+        let policy = self.config.failures.policy(class, &self.config.retry);
+        let mut error = format!("{reason}: {message}");
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, Option<i32>, Option<i32>)> = sqlx::query_as(
-            "select tenant_id, current_retry_count, max_retry_count from tasks
+        let row: Option<(Uuid, Option<i32>, Option<i32>, i32)> = sqlx::query_as(
+            "select tenant_id, current_retry_count, max_retry_count, free_retries from tasks
              where id = $1 and status in ('scheduled', 'running') and coalesce(current_retry_count, 0) = $2
              for update",
         )
@@ -508,7 +512,7 @@ impl Executor {
         .await?;
         sqlx::query(
             "update task_executions set status = 'failed', exit_code = $3, error_message = $4, finished_at = $5,
-                    started_at = coalesce(started_at, $5)
+                    started_at = coalesce(started_at, $5), failure_class = $6
              where task_id = $1 and attempt = $2 and status in ('scheduled', 'running')",
         )
         .bind(task_id)
@@ -516,32 +520,63 @@ impl Executor {
         .bind(exit_code)
         .bind(&error)
         .bind(at)
+        .bind(class.as_str())
         .execute(&mut *tx)
         .await?;
-        let Some((tenant, current, max)) = row else {
+        let Some((tenant, current, max, free)) = row else {
             // Already recorded (a repeated event) or the task moved on: only make sure Redis
             // does not keep the reservation of a task that is no longer live.
             tx.commit().await?;
             return self.repair(task_id, attempt).await;
         };
-        let (current, max) = (current.unwrap_or(0).max(0) as u32, max.unwrap_or(0).max(0) as u32);
-        if current < max {
-            let delay = self.config.retry.delay(current, rand::rng().random::<f64>());
+        let (current, max, free) =
+            (current.unwrap_or(0).max(0) as u32, max.unwrap_or(0).max(0) as u32, free.max(0) as u32);
+        // current_retry_count is the attempt number; the counted retries are those that were
+        // not free. A counted class is bounded by the task's max_retry_count (and its own
+        // limit, if set); an uncounted one by its limit on the task's free retries.
+        let retry = match (policy.retry, policy.counted) {
+            (false, _) => {
+                error = format!("{error} ({class}: not retried)");
+                None
+            }
+            (true, true) => {
+                let used = current.saturating_sub(free);
+                let bound = policy.limit.map_or(max, |l| l.min(max));
+                if used < bound {
+                    Some((used, 0))
+                } else {
+                    error = format!("{error} ({class}: retries exhausted, {used} of {bound})");
+                    None
+                }
+            }
+            (true, false) => {
+                let limit = policy.limit.unwrap_or(0);
+                if free < limit {
+                    Some((free, 1))
+                } else {
+                    error = format!("{error} ({class}: {limit} uncounted retries exhausted)");
+                    None
+                }
+            }
+        };
+        if let Some((n, free_step)) = retry {
+            let delay = policy.backoff.delay(n, rand::rng().random::<f64>());
             let not_before = at + chrono::Duration::from_std(delay).unwrap_or_default();
             sqlx::query(
                 "update tasks set status = 'pending', current_retry_count = $2, not_before = $3, error_message = $4,
-                        node_name = null, updated_at = now()
+                        node_name = null, free_retries = free_retries + $5, updated_at = now()
                  where id = $1",
             )
             .bind(task_id)
             .bind(current as i32 + 1)
             .bind(not_before)
             .bind(&error)
+            .bind(free_step)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
             self.queue.retry(task_id, attempt, delay).await?;
-            info!(task = %task_id, attempt, retry_in = ?delay, %error, "attempt failed; retrying");
+            info!(task = %task_id, attempt, %class, counted = free_step == 0, retry_in = ?delay, %error, "attempt failed; retrying");
             self.publish(task_id, tenant, TaskStatus::Pending, attempt + 1, None, Some(error)).await;
         } else {
             sqlx::query(
@@ -556,7 +591,7 @@ impl Executor {
             tx.commit().await?;
             self.queue.finish(task_id).await?;
             self.queue.end_log(task_id).await?;
-            info!(task = %task_id, attempt, %error, "task failed");
+            info!(task = %task_id, attempt, %class, %error, "task failed");
             self.publish(task_id, tenant, TaskStatus::Failed, attempt, None, Some(error)).await;
         }
         Ok(())

@@ -389,3 +389,81 @@ async fn a_cancellation_event_deletes_the_running_job(pool: PgPool) {
     stop_tx.send(true).unwrap();
     runner.await.unwrap().unwrap();
 }
+
+fn failure(id: Uuid, attempt: u32, reason: &str) -> JobEvent {
+    JobEvent {
+        task_id: id,
+        attempt,
+        phase: JobPhase::Failed { exit_code: None, reason: reason.into(), message: "m".into(), at: Utc::now() },
+    }
+}
+
+/// An OOM kill is not retried by default, however many retries the task has left.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_oom_kill_fails_the_task_at_once(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, b) = f.bound_task(3, "1h").await;
+    f.executor.handle_binding(&b).await.unwrap();
+    f.executor.handle_event(&failure(id, 0, "OOMKilled")).await.unwrap();
+    let (status, retries, _, completed) = f.status(id).await;
+    assert_eq!((status.as_str(), retries, completed), ("failed", 0, true));
+    let (error,): (String,) =
+        sqlx::query_as("select error_message from tasks where id = $1").bind(id).fetch_one(&f.pool).await.unwrap();
+    assert!(error.contains("oom_killed: not retried"), "{error}");
+    let (class,): (Option<String>,) = sqlx::query_as("select failure_class from task_executions where task_id = $1")
+        .bind(id)
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(class.as_deref(), Some("oom_killed"));
+    assert_eq!(f.reserved().await, Resources::ZERO);
+}
+
+/// Evictions are the cluster's doing: retried without counting against max_retry_count (here
+/// 0), up to the class's limit (5 by default), then the task fails.
+#[sqlx::test(migrations = "../migrations")]
+async fn evictions_are_retried_uncounted_up_to_their_limit(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, mut b) = f.bound_task(0, "1h").await;
+    for attempt in 0..=5u32 {
+        assert_eq!(b.attempt, attempt);
+        f.executor.handle_binding(&b).await.unwrap();
+        f.executor.handle_event(&failure(id, attempt, "Evicted")).await.unwrap();
+        let (status, retries, _, _) = f.status(id).await;
+        if attempt < 5 {
+            assert_eq!((status.as_str(), retries), ("pending", attempt as i32 + 1), "eviction {attempt}");
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            b = f.bind(id).await;
+        } else {
+            assert_eq!(status, "failed", "the sixth eviction is past the limit");
+        }
+    }
+    let (free, error): (i32, String) = sqlx::query_as("select free_retries, error_message from tasks where id = $1")
+        .bind(id)
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(free, 5);
+    assert!(error.contains("evicted: 5 uncounted retries exhausted"), "{error}");
+    // And a counted failure after free retries still sees the task's own budget: covered by
+    // the counted path, which subtracts free retries from the attempt number.
+}
+
+/// Free retries do not use up the task's own budget: after two evictions, a task with
+/// max_retry_count 1 still gets its one counted retry of an exit code.
+#[sqlx::test(migrations = "../migrations")]
+async fn free_retries_leave_the_counted_budget_alone(pool: PgPool) {
+    let f = fixture(pool).await;
+    let (id, mut b) = f.bound_task(1, "1h").await;
+    for (attempt, reason) in [(0u32, "Evicted"), (1, "NodeLost"), (2, "Error")] {
+        f.executor.handle_binding(&b).await.unwrap();
+        f.executor.handle_event(&failure(id, attempt, reason)).await.unwrap();
+        assert_eq!(f.status(id).await.0, "pending", "{reason} at attempt {attempt}");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        b = f.bind(id).await;
+    }
+    f.executor.handle_binding(&b).await.unwrap();
+    f.executor.handle_event(&failure(id, 3, "Error")).await.unwrap();
+    let (status, retries, _, _) = f.status(id).await;
+    assert_eq!((status.as_str(), retries), ("failed", 3));
+}
