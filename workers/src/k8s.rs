@@ -232,21 +232,7 @@ pub fn pod_event(pod: &Pod) -> Option<JobEvent> {
 pub fn pod_requests(pod: &Pod) -> Resources {
     let Some(spec) = pod.spec.as_ref() else { return Resources::ZERO };
     let of = |c: &k8s_openapi::api::core::v1::Container| {
-        let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-        let get = |k: &str| req.and_then(|m| m.get(k));
-        let mut r = Resources::new(
-            parse_quantity(get("cpu"), quantity::parse_cpu_millis),
-            parse_quantity(get("memory"), quantity::parse_bytes),
-            parse_quantity(get(GPU_RESOURCE), quantity::parse_bytes),
-        );
-        for (k, v) in req.into_iter().flatten() {
-            if berth_core::resources::check_extended_name(k).is_ok()
-                && let Ok(n) = berth_core::resources::parse_count(&v.0)
-            {
-                r.extended.set(k.as_str(), n);
-            }
-        }
-        r
+        resource_list(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
     };
     let containers = spec.containers.iter().fold(Resources::ZERO, |acc, c| acc.saturating_add(&of(c)));
     let max = |a: &Resources, b: &Resources| {
@@ -269,6 +255,26 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     total
 }
 
+/// A Kubernetes resource list (a node's allocatable, a container's requests) as berth's
+/// amounts: cpu, memory, `nvidia.com/gpu` and each extended resource; others (pods,
+/// ephemeral-storage, hugepages) are not scheduled by and ignored.
+fn resource_list(list: Option<&BTreeMap<String, Quantity>>) -> Resources {
+    let get = |k: &str| list.and_then(|m| m.get(k));
+    let mut r = Resources::new(
+        parse_quantity(get("cpu"), quantity::parse_cpu_millis),
+        parse_quantity(get("memory"), quantity::parse_bytes),
+        parse_quantity(get(GPU_RESOURCE), quantity::parse_bytes),
+    );
+    for (k, v) in list.into_iter().flatten() {
+        if berth_core::resources::check_extended_name(k).is_ok()
+            && let Ok(n) = berth_core::resources::parse_count(&v.0)
+        {
+            r.extended.set(k.as_str(), n);
+        }
+    }
+    r
+}
+
 fn parse_quantity(q: Option<&Quantity>, parse: fn(&str) -> Result<u64, quantity::QuantityError>) -> u64 {
     q.and_then(|q| parse(&q.0).ok()).unwrap_or(0)
 }
@@ -277,20 +283,7 @@ fn parse_quantity(q: Option<&Quantity>, parse: fn(&str) -> Result<u64, quantity:
 pub fn node_view(node: &Node) -> Option<NodeView> {
     let name = node.metadata.name.clone()?;
     let status = node.status.as_ref();
-    let alloc = status.and_then(|s| s.allocatable.as_ref());
-    let get = |k: &str| alloc.and_then(|a| a.get(k));
-    let mut allocatable = Resources::new(
-        parse_quantity(get("cpu"), quantity::parse_cpu_millis),
-        parse_quantity(get("memory"), quantity::parse_bytes),
-        parse_quantity(get(GPU_RESOURCE), quantity::parse_bytes),
-    );
-    for (k, v) in alloc.into_iter().flatten() {
-        if berth_core::resources::check_extended_name(k).is_ok()
-            && let Ok(n) = berth_core::resources::parse_count(&v.0)
-        {
-            allocatable.extended.set(k.as_str(), n);
-        }
-    }
+    let allocatable = resource_list(status.and_then(|s| s.allocatable.as_ref()));
     let spec = node.spec.as_ref();
     let taints = spec
         .and_then(|s| s.taints.as_ref())
