@@ -34,7 +34,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
     paths(
         health::healthz, health::readyz, metrics::render,
         auth::login, auth::refresh, auth::logout, auth::me,
-        tasks::create, tasks::create_batch, tasks::list, tasks::get_one, tasks::delete, tasks::stop,
+        tasks::create, tasks::create_batch, tasks::list, tasks::get_one, tasks::delete, tasks::stop, tasks::retry,
+        tasks::dead_letters,
         tasks::executions, tasks::logs,
         events::events,
         volumes::create, volumes::list, volumes::get_one, volumes::delete,
@@ -124,6 +125,7 @@ envelopes! {
     TenantResponse, TenantList => tenants::Tenant;
     UserResponse, UserList => auth::UserView;
     VolumeResponse, VolumeList => volumes::Volume;
+    DeadLetterResponse, DeadLetterList => tasks::DeadLetter;
 }
 
 /// A task as the API returns it: the seed's Task, and for a pending task its place in the

@@ -54,6 +54,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/tasks/{id}", Access::Read),
     ("DELETE", "/v1/tasks/{id}", Access::Write),
     ("POST", "/v1/tasks/{id}/stop", Access::Write),
+    ("POST", "/v1/tasks/{id}/retry", Access::Write),
+    ("GET", "/v1/dead-letters", Access::Read),
     ("GET", "/v1/tasks/{id}/executions", Access::Read),
     ("GET", "/v1/tasks/{id}/logs", Access::Read),
     ("GET", "/v1/events", Access::Read),

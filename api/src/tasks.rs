@@ -31,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/tasks:batch", axum::routing::post(create_batch))
         .route("/tasks/{id}", get(get_one).delete(delete))
         .route("/tasks/{id}/stop", axum::routing::post(stop))
+        .route("/tasks/{id}/retry", axum::routing::post(retry))
+        .route("/dead-letters", get(dead_letters))
         .route("/tasks/{id}/executions", get(executions))
         .route("/tasks/{id}/logs", get(logs))
 }
@@ -886,6 +888,126 @@ async fn stop(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>
     let was_live = cancel(&s, &caller, path_id(&raw, "task")?).await?;
     let message = if was_live { "Task stopped successfully" } else { "Task had already finished" };
     Ok(Json(json!({ "message": message })))
+}
+
+/// A task that failed for good, as the dead letters list it.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DeadLetter {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub task: Task,
+    /// When it failed for good.
+    pub dead_lettered_at: DateTime<Utc>,
+    /// Its last attempt's failure class (`exit_code`, `oom_killed`, `evicted`, ...).
+    pub failure_class: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    #[param(value_type = Option<i64>, minimum = 1)]
+    pub page: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub page_size: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "Tasks", summary = "The tenant's tasks that failed for good",
+    params(PageParams),
+    responses((status = 200, description = "A page of dead letters, newest first", body = crate::openapi::DeadLetterList)))]
+async fn dead_letters(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    let mut q = QueryCheck::default();
+    let page = q.page(p.page.as_deref(), p.page_size.as_deref());
+    q.finish()?;
+    let filter = "tenant_id = $1 and status = 'failed' and dead_lettered_at is not null";
+    let (total,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("select count(*) from tasks where {filter}")))
+        .bind(caller.tenant_id)
+        .fetch_one(&s.pool)
+        .await?;
+    let rows: Vec<DeadLetter> = sqlx::query_as(AssertSqlSafe(format!(
+        "select {TASK_COLUMNS}, dead_lettered_at,
+                (select e.failure_class from task_executions e where e.task_id = tasks.id
+                 order by e.attempt desc limit 1) as failure_class
+         from tasks where {filter} order by dead_lettered_at desc, id desc limit $2 offset $3"
+    )))
+    .bind(caller.tenant_id)
+    .bind(page.size)
+    .bind(page.offset())
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(Json(json!({ "data": rows, "pagination": page.json(total) })))
+}
+
+/// Replays a dead letter: the task is admitted again (its quota charged again) as a new
+/// attempt with a fresh retry budget, and queued.
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "Tasks", summary = "Replay a task that failed for good",
+    params(("id" = uuid::Uuid, Path, description = "The object's id")),
+    responses((status = 200, description = "Queued again", body = crate::openapi::TaskResponse),
+              (status = 409, description = "Not a dead letter, or the tenant's quota is full", body = crate::openapi::Error)))]
+async fn retry(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&raw, "task")?;
+    let mut tx = s.pool.begin().await?;
+    type Row = (Uuid, Option<String>, Value, Option<i32>, Option<Value>, Option<Value>, Option<i32>, String);
+    let row: Option<Row> = sqlx::query_as(
+        "select t.user_id, t.dead_lettered_at::text, t.resource_requests, t.priority, t.node_selector, t.tolerations,
+                t.current_retry_count, n.name
+         from tasks t join tenants n on n.id = t.tenant_id
+         where t.id = $1 and t.tenant_id = $2 for update of t",
+    )
+    .bind(id)
+    .bind(caller.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (owner, dead, requests, priority, selector, tolerations, current, tenant) =
+        row.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
+    if !caller.may_manage_task(owner) {
+        return Err(ApiError::Forbidden);
+    }
+    if dead.is_none() {
+        return Err(ApiError::Conflict("only a task that failed for good (a dead letter) can be retried".into()));
+    }
+    let requests = Resources::from_requirements_json(&requests)
+        .map_err(|e| ApiError::Internal(format!("stored requests: {e}")))?;
+    let charge = requests.with_defaults();
+    charge_quota(&mut tx, caller.tenant_id, &charge, 1).await?;
+    let attempt = current.unwrap_or(0).max(0) + 1;
+    // The new attempt starts a fresh budget: every retry so far counts as free.
+    sqlx::query(
+        "update tasks set status = 'pending', current_retry_count = $2, free_retries = $2, dead_lettered_at = null,
+                completed_at = null, started_at = null, error_message = null, not_before = null, node_name = null,
+                quota_charged = true, quota_cpu = $3, quota_memory = $4, quota_gpu = $5, updated_at = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(charge.cpu_millis as i64)
+    .bind(charge.memory_bytes as i64)
+    .bind(charge.gpu as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let spec = SchedulingSpec {
+        task_id: id,
+        tenant,
+        requests,
+        priority: priority.unwrap_or(0).clamp(0, 100) as u8,
+        node_selector: selector.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default(),
+        tolerations: tolerations.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default(),
+        attempt: attempt as u32,
+        seq: 0,
+    };
+    // Should this fail, the task is pending in PostgreSQL and the reconciler queues it.
+    if let Err(e) = s.queue.enqueue(&spec, std::time::Duration::ZERO).await {
+        tracing::warn!(task = %id, error = %e, "queueing a replayed task failed; the reconciler will");
+    }
+    let task: Task = sqlx::query_as(AssertSqlSafe(format!("select {TASK_COLUMNS} from tasks where id = $1")))
+        .bind(id)
+        .fetch_one(&s.pool)
+        .await?;
+    Ok(Json(json!({ "data": task, "message": "Task queued again" })))
 }
 
 /// Cancels the task if it is live, then removes it and its executions.

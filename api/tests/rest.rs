@@ -834,3 +834,67 @@ async fn a_task_behind_fair_share_says_its_tenant_is_at_fair_share(pool: PgPool)
     let (_, v) = a.call("GET", &format!("/v1/tasks/{first}"), Some(&gina), None).await;
     assert_eq!(v["data"]["scheduling"]["why"], "waiting in the tenant's queue: 1 of 1", "{v}");
 }
+
+/// A task that failed for good is in its tenant's dead letters; replaying it admits it again
+/// (its quota charged again) as a new attempt, once.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_dead_letter_is_listed_and_replayed_once(pool: PgPool) {
+    let a = api(pool).await;
+    with_roles(&a).await;
+    let (alice, bob, vic) =
+        (token(&a, "alice", "alice-pw").await, token(&a, "bob", "bob-pw").await, token(&a, "vic", "vic-pw").await);
+    let (_, v) = a.submit(&alice, task("flaky")).await;
+    let id: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
+    // Not a dead letter while it is pending.
+    let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/retry"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // As the executor leaves a task whose retries ran out.
+    sqlx::query(
+        "update tasks set status = 'failed', completed_at = now(), dead_lettered_at = now(), current_retry_count = 3,
+                error_message = 'OOMKilled: m (oom_killed: not retried)' where id = $1",
+    )
+    .bind(id)
+    .execute(&a.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into task_executions (task_id, execution_id, status, attempt, failure_class)
+         values ($1, 'x', 'failed', 3, 'oom_killed')",
+    )
+    .bind(id)
+    .execute(&a.pool)
+    .await
+    .unwrap();
+    sqlx::query(berth_core::store::RELEASE_QUOTA).bind(id).execute(&a.pool).await.unwrap();
+    a.queue.finish(id).await.unwrap();
+    assert!(used(&a, "acme").await.iter().all(|(_, n)| *n == 0));
+
+    let (s, v) = a.call("GET", "/v1/dead-letters", Some(&vic), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["pagination"]["total"], 1);
+    assert_eq!(v["data"][0]["id"], id.to_string());
+    assert_eq!(v["data"][0]["failure_class"], "oom_killed");
+    assert!(v["data"][0]["dead_lettered_at"].is_string());
+    let gina = token(&a, "gina", "gina-pw").await;
+    let (_, v) = a.call("GET", "/v1/dead-letters", Some(&gina), None).await;
+    assert_eq!(v["pagination"]["total"], 0, "another tenant's dead letters are not listed");
+    let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/retry"), Some(&gina), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/retry"), Some(&bob), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another user's task");
+
+    let (s, v) = a.call("POST", &format!("/v1/tasks/{id}/retry"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["data"]["status"].clone(), v["data"]["current_retry_count"].clone()), (json!("pending"), json!(4)));
+    assert!(v["data"]["error_message"].is_null());
+    let q = a.queue.task_state(id).await.unwrap().expect("queued again");
+    assert_eq!((q.state.as_str(), q.attempt), ("ready", 4));
+    assert!(used(&a, "acme").await.iter().any(|(k, n)| k == "tasks" && *n == 1), "charged again");
+    let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/retry"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "replayed once");
+    let (_, v) = a.call("GET", "/v1/dead-letters", Some(&alice), None).await;
+    assert_eq!(v["pagination"]["total"], 0);
+    let (free,): (i32,) =
+        sqlx::query_as("select free_retries from tasks where id = $1").bind(id).fetch_one(&a.pool).await.unwrap();
+    assert_eq!(free, 4, "a fresh budget: every earlier retry counts as free");
+}

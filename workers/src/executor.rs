@@ -580,7 +580,9 @@ impl Executor {
             self.publish(task_id, tenant, TaskStatus::Pending, attempt + 1, None, Some(error)).await;
         } else {
             sqlx::query(
-                "update tasks set status = 'failed', completed_at = $2, error_message = $3, updated_at = now() where id = $1",
+                "update tasks set status = 'failed', completed_at = $2, error_message = $3, dead_lettered_at = $2,
+                        updated_at = now()
+                 where id = $1",
             )
             .bind(task_id)
             .bind(at)
