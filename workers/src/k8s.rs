@@ -170,6 +170,17 @@ impl KubeCluster {
         while let Some(event) = stream.next().await {
             let pods = match event {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
+                Ok(watcher::Event::Delete(p)) => {
+                    // Gone before it finished (deleted by hand, its node removed, its Job
+                    // deleted): the attempt is lost. A stop deletes pods too; the executor
+                    // then finds the task over and only releases it.
+                    if let Some(e) = lost_pod_event(&p)
+                        && tx.send(e).is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     // The watcher retries by itself (relist, then watch again).
@@ -187,6 +198,28 @@ impl KubeCluster {
             }
         }
     }
+}
+
+/// The event for a task pod deleted before it ended: a failed attempt of class node lost
+/// (`Deleted`); None for a pod that had finished.
+pub fn lost_pod_event(pod: &Pod) -> Option<JobEvent> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let task_id: Uuid = labels.get(LABEL_TASK)?.parse().ok()?;
+    let attempt: u32 = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    Some(JobEvent {
+        task_id,
+        attempt,
+        phase: JobPhase::Failed {
+            exit_code: None,
+            reason: "Deleted".into(),
+            message: "the pod was deleted before the attempt ended".into(),
+            at: Utc::now(),
+        },
+    })
 }
 
 fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {

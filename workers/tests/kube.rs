@@ -15,6 +15,7 @@ use berth_workers::{Cluster, JobPhase, JobRequest, VolumePhase, VolumeRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use uuid::Uuid;
@@ -180,7 +181,7 @@ async fn pod_phases_arrive_as_job_events() {
     let pods: Api<Pod> = Api::namespaced(emu.client(), "tenant-acme");
     let template = berth_workers::job::build(&req).spec.unwrap().template;
     let pod = Pod {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        metadata: ObjectMeta {
             name: Some("p1".into()),
             namespace: Some("tenant-acme".into()),
             ..template.metadata.unwrap()
@@ -216,6 +217,20 @@ async fn pod_phases_arrive_as_job_events() {
     assert!(
         matches!(&e.phase, JobPhase::Failed { exit_code: Some(137), reason, .. } if reason == "OOMKilled"),
         "{e:?}"
+    );
+
+    // A live pod deleted under its attempt: the attempt is lost. A finished one deleted: nothing.
+    let p2 = Pod { metadata: ObjectMeta { name: Some("p2".into()), ..pod.metadata.clone() }, ..pod.clone() };
+    pods.create(&PostParams::default(), &p2).await.unwrap();
+    pods.patch_status("p2", &PatchParams::default(), &status(json!({"phase": "Running"}))).await.unwrap();
+    assert!(matches!(next(&mut events).await.phase, JobPhase::Running { .. }));
+    pods.delete("p2", &Default::default()).await.unwrap();
+    let e = next(&mut events).await;
+    assert!(matches!(&e.phase, JobPhase::Failed { exit_code: None, reason, .. } if reason == "Deleted"), "{e:?}");
+    pods.delete("p1", &Default::default()).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.recv()).await.is_err(),
+        "a finished pod's deletion is no event"
     );
 }
 
