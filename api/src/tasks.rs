@@ -969,11 +969,11 @@ async fn retry(State(s): State<AppState>, caller: Caller, Path(raw): Path<String
     if dead.is_none() {
         return Err(ApiError::Conflict("only a task that failed for good (a dead letter) can be retried".into()));
     }
-    let requests = Resources::from_requirements_json(&requests)
-        .map_err(|e| ApiError::Internal(format!("stored requests: {e}")))?;
-    let charge = requests.with_defaults();
-    charge_quota(&mut tx, caller.tenant_id, &charge, 1).await?;
     let attempt = current.unwrap_or(0).max(0) + 1;
+    let spec = SchedulingSpec::from_stored(id, tenant, &requests, priority, selector, tolerations, Some(attempt))
+        .map_err(|(field, e)| ApiError::Internal(format!("task {id} has malformed {field}: {e}")))?;
+    let charge = spec.reservation();
+    charge_quota(&mut tx, caller.tenant_id, &charge, 1).await?;
     // The new attempt starts a fresh budget: every retry so far counts as free.
     sqlx::query(
         "update tasks set status = 'pending', current_retry_count = $2, free_retries = $2, dead_lettered_at = null,
@@ -989,16 +989,6 @@ async fn retry(State(s): State<AppState>, caller: Caller, Path(raw): Path<String
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    let spec = SchedulingSpec {
-        task_id: id,
-        tenant,
-        requests,
-        priority: priority.unwrap_or(0).clamp(0, 100) as u8,
-        node_selector: selector.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default(),
-        tolerations: tolerations.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default(),
-        attempt: attempt as u32,
-        seq: 0,
-    };
     // Should this fail, the task is pending in PostgreSQL and the reconciler queues it.
     if let Err(e) = s.queue.enqueue(&spec, std::time::Duration::ZERO).await {
         tracing::warn!(task = %id, error = %e, "queueing a replayed task failed; the reconciler will");

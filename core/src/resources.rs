@@ -176,6 +176,23 @@ impl Resources {
         }
     }
 
+    /// Sets resource `name` from a Kubernetes quantity: `cpu`, `memory`, `nvidia.com/gpu` or
+    /// an extended resource (whole units). A name berth does not schedule is an error saying
+    /// so; callers that meet such names (a node's `pods`) skip them.
+    pub fn set_quantity(&mut self, name: &str, text: &str) -> Result<(), String> {
+        let amount = match name {
+            "cpu" => crate::quantity::parse_cpu_millis(text).map_err(|e| e.to_string())?,
+            "memory" => crate::quantity::parse_bytes(text).map_err(|e| e.to_string())?,
+            GPU_RESOURCE => parse_count(text)?,
+            other => {
+                check_extended_name(other).map_err(|e| format!("not a resource berth schedules: {e}"))?;
+                parse_count(text)?
+            }
+        };
+        self.set(name, amount);
+        Ok(())
+    }
+
     /// Whether `self` fits in `free` on every resource.
     pub fn fits_in(&self, free: &Resources) -> bool {
         self.cpu_millis <= free.cpu_millis

@@ -178,6 +178,39 @@ impl SchedulingSpec {
     pub fn reservation(&self) -> Resources {
         self.requests.with_defaults()
     }
+
+    /// The scheduling view of a stored task, from its columns as PostgreSQL holds them
+    /// (absent or null JSON is empty). Admission validated them, so an error, naming the
+    /// column, means corruption.
+    pub fn from_stored(
+        task_id: Uuid,
+        tenant: String,
+        resource_requests: &serde_json::Value,
+        priority: Option<i32>,
+        node_selector: Option<serde_json::Value>,
+        tolerations: Option<serde_json::Value>,
+        attempt: Option<i32>,
+    ) -> Result<SchedulingSpec, (&'static str, String)> {
+        fn column<T: serde::de::DeserializeOwned + Default>(
+            name: &'static str,
+            v: Option<serde_json::Value>,
+        ) -> Result<T, (&'static str, String)> {
+            match v {
+                None | Some(serde_json::Value::Null) => Ok(T::default()),
+                Some(v) => serde_json::from_value(v).map_err(|e| (name, e.to_string())),
+            }
+        }
+        Ok(SchedulingSpec {
+            task_id,
+            tenant,
+            requests: Resources::from_requirements_json(resource_requests).map_err(|e| ("resource_requests", e))?,
+            priority: priority.unwrap_or(0).clamp(0, 100) as u8,
+            node_selector: column("node_selector", node_selector)?,
+            tolerations: column("tolerations", tolerations)?,
+            attempt: attempt.unwrap_or(0).max(0) as u32,
+            seq: 0,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_core::resources::{self, GPU_RESOURCE};
-use berth_core::{ClusterSnapshot, NodeView, Resources, SchedulingSpec, Taint, Toleration, quantity};
+use berth_core::{ClusterSnapshot, NodeView, Resources, SchedulingSpec, Taint, Toleration};
 use berth_policies::Profile;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -102,24 +101,9 @@ fn text(v: &Value) -> Result<String, String> {
 
 fn resources(at: &str, m: &BTreeMap<String, Value>) -> Result<Resources, String> {
     let mut r = Resources::ZERO;
-    for (name, v) in m {
+    for (name, v) in m.iter().filter(|(n, _)| !ignored_resource(n)) {
         let bad = |e: String| format!("{at}.{name}: {e}");
-        match name.as_str() {
-            "cpu" => {
-                r.cpu_millis = quantity::parse_cpu_millis(&text(v).map_err(bad)?).map_err(|e| bad(e.to_string()))?
-            }
-            "memory" => {
-                r.memory_bytes = quantity::parse_bytes(&text(v).map_err(bad)?).map_err(|e| bad(e.to_string()))?
-            }
-            n if ignored_resource(n) => {}
-            n => {
-                if n != GPU_RESOURCE {
-                    resources::check_extended_name(n)
-                        .map_err(|e| bad(format!("not a resource berth schedules: {e}")))?;
-                }
-                r.set(n, resources::parse_count(&text(v).map_err(bad)?).map_err(bad)?);
-            }
-        }
+        r.set_quantity(name, &text(v).map_err(bad)?).map_err(bad)?;
     }
     Ok(r)
 }

@@ -200,12 +200,16 @@ impl KubeCluster {
     }
 }
 
+/// The task and attempt a pod of berth's runs, from its labels; None for another pod.
+fn task_attempt(pod: &Pod) -> Option<(Uuid, u32)> {
+    let labels = pod.metadata.labels.as_ref()?;
+    Some((labels.get(LABEL_TASK)?.parse().ok()?, labels.get(LABEL_ATTEMPT)?.parse().ok()?))
+}
+
 /// The event for a task pod deleted before it ended: a failed attempt of class node lost
 /// (`Deleted`); None for a pod that had finished.
 pub fn lost_pod_event(pod: &Pod) -> Option<JobEvent> {
-    let labels = pod.metadata.labels.as_ref()?;
-    let task_id: Uuid = labels.get(LABEL_TASK)?.parse().ok()?;
-    let attempt: u32 = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    let (task_id, attempt) = task_attempt(pod)?;
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return None;
@@ -228,9 +232,7 @@ fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Ut
 
 /// The [`JobEvent`] a pod's state stands for, if any (pending pods have none).
 pub fn pod_event(pod: &Pod) -> Option<JobEvent> {
-    let labels = pod.metadata.labels.as_ref()?;
-    let task_id: Uuid = labels.get(LABEL_TASK)?.parse().ok()?;
-    let attempt: u32 = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    let (task_id, attempt) = task_attempt(pod)?;
     let status = pod.status.as_ref()?;
     let container =
         status.container_statuses.iter().flatten().find(|c| c.name == job::CONTAINER).and_then(|c| c.state.as_ref());
@@ -279,11 +281,7 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     let init = spec.init_containers.iter().flatten().fold(Resources::ZERO, |acc, c| max(&acc, &of(c)));
     let mut total = max(&containers, &init);
     if let Some(overhead) = spec.overhead.as_ref() {
-        total = total.saturating_add(&Resources::new(
-            parse_quantity(overhead.get("cpu"), quantity::parse_cpu_millis),
-            parse_quantity(overhead.get("memory"), quantity::parse_bytes),
-            0,
-        ));
+        total = total.saturating_add(&resource_list(Some(overhead)));
     }
     total
 }
@@ -292,24 +290,12 @@ pub fn pod_requests(pod: &Pod) -> Resources {
 /// amounts: cpu, memory, `nvidia.com/gpu` and each extended resource; others (pods,
 /// ephemeral-storage, hugepages) are not scheduled by and ignored.
 fn resource_list(list: Option<&BTreeMap<String, Quantity>>) -> Resources {
-    let get = |k: &str| list.and_then(|m| m.get(k));
-    let mut r = Resources::new(
-        parse_quantity(get("cpu"), quantity::parse_cpu_millis),
-        parse_quantity(get("memory"), quantity::parse_bytes),
-        parse_quantity(get(GPU_RESOURCE), quantity::parse_bytes),
-    );
+    let mut r = Resources::ZERO;
     for (k, v) in list.into_iter().flatten() {
-        if berth_core::resources::check_extended_name(k).is_ok()
-            && let Ok(n) = berth_core::resources::parse_count(&v.0)
-        {
-            r.extended.set(k.as_str(), n);
-        }
+        // Names berth does not schedule, and amounts it cannot read, count as none.
+        let _ = r.set_quantity(k, &v.0);
     }
     r
-}
-
-fn parse_quantity(q: Option<&Quantity>, parse: fn(&str) -> Result<u64, quantity::QuantityError>) -> u64 {
-    q.and_then(|q| parse(&q.0).ok()).unwrap_or(0)
 }
 
 /// What berth may use of a node (allocatable), with its scheduling facts.

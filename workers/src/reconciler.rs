@@ -12,14 +12,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use berth_core::{Resources, SchedulingSpec, Toleration};
+use berth_core::SchedulingSpec;
 use berth_queue::Queue;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::executor::{ExecutorError, stored};
+use crate::executor::ExecutorError;
 
 /// Pending tasks read (and looked up in Redis, in one pipeline) per page.
 const PAGE: i64 = 1000;
@@ -39,21 +39,16 @@ struct PendingRow {
 
 /// The scheduling view of a stored task.
 fn spec_of(r: PendingRow) -> Result<(SchedulingSpec, Option<DateTime<Utc>>), ExecutorError> {
-    let malformed = |field, message: String| ExecutorError::MalformedTask { task: r.id, field, message };
-    let requests =
-        Resources::from_requirements_json(&r.resource_requests).map_err(|e| malformed("resource_requests", e))?;
-    let node_selector = stored(r.id, "node_selector", r.node_selector.clone())?;
-    let tolerations: Vec<Toleration> = stored(r.id, "tolerations", r.tolerations.clone())?;
-    let spec = SchedulingSpec {
-        task_id: r.id,
-        tenant: r.tenant_name,
-        requests,
-        priority: r.priority.unwrap_or(0).clamp(0, 100) as u8,
-        node_selector,
-        tolerations,
-        attempt: r.current_retry_count.unwrap_or(0).max(0) as u32,
-        seq: 0,
-    };
+    let spec = SchedulingSpec::from_stored(
+        r.id,
+        r.tenant_name,
+        &r.resource_requests,
+        r.priority,
+        r.node_selector,
+        r.tolerations,
+        r.current_retry_count,
+    )
+    .map_err(|(field, message)| ExecutorError::MalformedTask { task: r.id, field, message })?;
     Ok((spec, r.not_before))
 }
 
