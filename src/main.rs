@@ -308,7 +308,10 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
                     let client = kube::Client::try_default().await.context(
                         "connecting to Kubernetes (KUBECONFIG, ~/.kube/config or the in-cluster service account)",
                     )?;
-                    Arc::new(berth_workers::k8s::KubeCluster::new(client))
+                    Arc::new(
+                        berth_workers::k8s::KubeCluster::new(client)
+                            .with_image_pull_grace(config.cluster.image_pull_grace),
+                    )
                 }
             };
             serve_metrics(&config, &stop_rx).await?;

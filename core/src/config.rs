@@ -575,6 +575,11 @@ pub struct ClusterConfig {
     /// 100ms: how long a simulated Job takes from creation to its pod running.
     #[serde(with = "humantime_serde")]
     pub start_delay: Duration,
+    /// 2m (`kubernetes` only): how long a pod may fail to pull its image (ErrImagePull,
+    /// ImagePullBackOff) before the attempt fails as `image_pull`. A registry blip heals
+    /// within it; a wrong image name does not.
+    #[serde(with = "humantime_serde")]
+    pub image_pull_grace: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -593,6 +598,7 @@ impl Default for ClusterConfig {
             }],
             default_duration: Duration::from_secs(3),
             start_delay: Duration::from_millis(100),
+            image_pull_grace: Duration::from_secs(120),
         }
     }
 }

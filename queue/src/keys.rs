@@ -110,6 +110,11 @@ impl Keys {
     pub fn logs(&self, task: Uuid) -> String {
         format!("{}logs:{task}", self.prefix)
     }
+    /// Hash: attempt -> how many of its log lines [`Keys::logs`] holds (lines are appended
+    /// once by their index).
+    pub fn log_lines(&self, task: Uuid) -> String {
+        format!("{}logn:{task}", self.prefix)
+    }
     /// Stream: task state changes, capped.
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
@@ -148,6 +153,7 @@ mod tests {
             k.suspended(),
             k.rate("x"),
             k.logs(id),
+            k.log_lines(id),
         ] {
             assert!(key.starts_with("berth:{p1}:"), "{key}");
         }

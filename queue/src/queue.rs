@@ -1074,30 +1074,25 @@ impl Queue {
         Ok(reply.ids.into_iter().map(event_entry).collect())
     }
 
-    /// Appends log lines of a task's attempt. The stream keeps the newest [`LOG_MAXLEN`]
-    /// lines (approximately) and lives [`LOG_TTL`] after its last write.
-    pub async fn append_log(&self, task: Uuid, attempt: u32, lines: &[String]) -> Result<(), QueueError> {
+    /// Appends log lines of a task's attempt, `first` being the index of the first of them in
+    /// the attempt's output; lines already appended (by index) are skipped. The stream keeps
+    /// the newest [`LOG_MAXLEN`] lines (approximately) and lives [`LOG_TTL`] after its last
+    /// write. Returns how many lines were new.
+    pub async fn append_log(&self, task: Uuid, attempt: u32, first: u64, lines: &[String]) -> Result<u64, QueueError> {
         if lines.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let key = self.keys.logs(task);
-        let mut pipe = redis::pipe();
+        let mut inv = SCRIPTS.append_log.prepare_invoke();
+        inv.key(self.keys.logs(task))
+            .key(self.keys.log_lines(task))
+            .arg(attempt)
+            .arg(first)
+            .arg(LOG_MAXLEN)
+            .arg(LOG_TTL.as_secs());
         for line in lines {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(LOG_MAXLEN)
-                .arg("*")
-                .arg("attempt")
-                .arg(attempt)
-                .arg("line")
-                .arg(line)
-                .ignore();
+            inv.arg(line);
         }
-        pipe.cmd("EXPIRE").arg(&key).arg(LOG_TTL.as_secs()).ignore();
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
 
     /// Marks a task's log complete: followers stop after this entry.

@@ -12,6 +12,7 @@ pub struct Scripts {
     pub park: Script,
     pub release: Script,
     pub upsert_node: Script,
+    pub append_log: Script,
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -22,4 +23,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     park: Script::new(include_str!("scripts/park.lua")),
     release: Script::new(include_str!("scripts/release.lua")),
     upsert_node: Script::new(include_str!("scripts/upsert_node.lua")),
+    append_log: Script::new(include_str!("scripts/append_log.lua")),
 });

@@ -125,8 +125,11 @@ pub enum JobPhase {
         message: String,
         at: DateTime<Utc>,
     },
-    /// Lines the attempt's container wrote, in order.
+    /// Lines the attempt's container wrote, in order; `first` is the index of the first of
+    /// them in the attempt's output. A line given again (a log follower restarted from the
+    /// start) is recognised by its index and kept once.
     Output {
+        first: u64,
         lines: Vec<String>,
     },
 }
@@ -150,6 +153,12 @@ pub trait Cluster: Send + Sync + 'static {
     async fn ensure_volume(&self, volume: &VolumeRequest) -> Result<VolumePhase, ClusterError>;
     /// Every node with the capacity berth may use (`requested` is ignored: the ledger owns it).
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError>;
+    /// Notified whenever the cluster's nodes (or what else holds their capacity) change, for
+    /// clusters that watch them; None for one whose nodes never change (the simulated).
+    /// The first call starts the watching.
+    fn node_changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
     /// Creates or updates a tenant's namespace and what berth keeps in it. Safe to repeat.
     /// The simulated cluster has no namespaces.
     async fn ensure_namespace(&self, _namespace: &NamespaceRequest) -> Result<(), ClusterError> {

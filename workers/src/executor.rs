@@ -480,8 +480,8 @@ impl Executor {
             JobPhase::Failed { exit_code, reason, message, at } => {
                 self.attempt_failed(e.task_id, e.attempt, *exit_code, reason, message, *at).await?;
             }
-            JobPhase::Output { lines } => {
-                self.queue.append_log(e.task_id, e.attempt, lines).await?;
+            JobPhase::Output { first, lines } => {
+                self.queue.append_log(e.task_id, e.attempt, *first, lines).await?;
             }
         }
         Ok(())

@@ -14,13 +14,13 @@
 //!   ServiceAccount, all server-side applied, so repeating it is harmless.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::resources::GPU_RESOURCE;
 use berth_core::{NodeView, Resources, Taint, TaintEffect, quantity};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, Node, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
@@ -30,9 +30,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 
 use crate::cluster::{
@@ -58,10 +57,17 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
 /// The field manager of berth's server-side applies.
 const MANAGER: &str = "berth";
 
+mod watch;
+
+pub use watch::LOST_GRACE;
+
 pub struct KubeCluster {
     client: kube::Client,
+    image_pull_grace: Duration,
     events: Mutex<Option<mpsc::UnboundedReceiver<JobEvent>>>,
     tx: mpsc::UnboundedSender<JobEvent>,
+    /// The node and pod reflectors, started by the first [`Cluster::node_changes`].
+    nodes: OnceLock<watch::NodeCache>,
 }
 
 fn api_error(e: &kube::Error) -> Option<&kube::core::Status> {
@@ -74,7 +80,15 @@ fn api_error(e: &kube::Error) -> Option<&kube::core::Status> {
 impl KubeCluster {
     pub fn new(client: kube::Client) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        KubeCluster { client, events: Mutex::new(Some(rx)), tx }
+        let image_pull_grace = berth_core::config::ClusterConfig::default().image_pull_grace;
+        KubeCluster { client, image_pull_grace, events: Mutex::new(Some(rx)), tx, nodes: OnceLock::new() }
+    }
+
+    /// How long a pod may fail to pull its image before its attempt fails
+    /// (`cluster.image_pull_grace`).
+    pub fn with_image_pull_grace(mut self, grace: Duration) -> Self {
+        self.image_pull_grace = grace;
+        self
     }
 
     /// Creates or updates the tenant's namespace and what berth keeps in it.
@@ -161,47 +175,10 @@ impl KubeCluster {
             .map_err(|e| fail("network policy", e))?;
         Ok(())
     }
-
-    /// Watches berth's task pods in every namespace until the receiver is dropped.
-    async fn watch_pods(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>) {
-        let pods: Api<Pod> = Api::all(client);
-        let config = watcher::Config::default().labels(job::SELECTOR);
-        let mut stream = watcher(pods, config).boxed();
-        while let Some(event) = stream.next().await {
-            let pods = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
-                Ok(watcher::Event::Delete(p)) => {
-                    // Gone before it finished (deleted by hand, its node removed, its Job
-                    // deleted): the attempt is lost. A stop deletes pods too; the executor
-                    // then finds the task over and only releases it.
-                    if let Some(e) = lost_pod_event(&p)
-                        && tx.send(e).is_err()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    // The watcher retries by itself (relist, then watch again).
-                    warn!(error = %e, "pod watch failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            for p in pods {
-                if let Some(e) = pod_event(&p)
-                    && tx.send(e).is_err()
-                {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// The task and attempt a pod of berth's runs, from its labels; None for another pod.
-fn task_attempt(pod: &Pod) -> Option<(Uuid, u32)> {
+pub(crate) fn task_attempt(pod: &Pod) -> Option<(Uuid, u32)> {
     let labels = pod.metadata.labels.as_ref()?;
     Some((labels.get(LABEL_TASK)?.parse().ok()?, labels.get(LABEL_ATTEMPT)?.parse().ok()?))
 }
@@ -226,7 +203,7 @@ pub fn lost_pod_event(pod: &Pod) -> Option<JobEvent> {
     })
 }
 
-fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
+pub(crate) fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
     DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32).unwrap_or_else(Utc::now)
 }
 
@@ -298,6 +275,16 @@ fn resource_list(list: Option<&BTreeMap<String, Quantity>>) -> Resources {
     r
 }
 
+/// Whether the node's kubelet reports Ready.
+pub(crate) fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// What berth may use of a node (allocatable), with its scheduling facts.
 pub fn node_view(node: &Node) -> Option<NodeView> {
     let name = node.metadata.name.clone()?;
@@ -319,11 +306,7 @@ pub fn node_view(node: &Node) -> Option<NodeView> {
         })
         .collect();
     let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = node_ready(node);
     Some(NodeView {
         name,
         allocatable,
@@ -332,6 +315,32 @@ pub fn node_view(node: &Node) -> Option<NodeView> {
         taints,
         schedulable: ready && !cordoned,
     })
+}
+
+/// The field selector of pods that hold capacity: not finished.
+pub(crate) const FOREIGN_LIVE: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+/// The nodes as berth may use them: pods berth does not own (system daemons, other
+/// schedulers' work; `foreign`, unfinished) take their requests out of allocatable.
+fn capacity<'a>(nodes: impl Iterator<Item = &'a Node>, foreign: impl Iterator<Item = &'a Pod>) -> Vec<NodeView> {
+    let mut held: BTreeMap<String, Resources> = BTreeMap::new();
+    for p in foreign {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+            let e = held.entry(node.clone()).or_default();
+            *e = e.saturating_add(&pod_requests(p));
+        }
+    }
+    let mut views: Vec<NodeView> = nodes
+        .filter_map(node_view)
+        .map(|mut n| {
+            if let Some(h) = held.get(&n.name) {
+                n.allocatable = n.allocatable.saturating_sub(h);
+            }
+            n
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    views
 }
 
 #[async_trait]
@@ -359,7 +368,8 @@ impl Cluster for KubeCluster {
 
     fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError> {
         let rx = self.events.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(ClusterError::EventsTaken)?;
-        tokio::spawn(Self::watch_pods(self.client.clone(), self.tx.clone()));
+        tokio::spawn(watch::pods(self.client.clone(), self.tx.clone(), self.image_pull_grace));
+        tokio::spawn(watch::jobs(self.client.clone(), self.tx.clone()));
         Ok(rx)
     }
 
@@ -408,35 +418,24 @@ impl Cluster for KubeCluster {
         self.apply_namespace(ns).await
     }
 
+    /// From the reflectors once they have listed (no API call); else listed.
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {
+        if let Some(cache) = self.nodes.get().filter(|c| c.ready()) {
+            let (nodes, pods) = (cache.nodes.state(), cache.pods.state());
+            return Ok(capacity(nodes.iter().map(|n| n.as_ref()), pods.iter().map(|p| p.as_ref())));
+        }
         let failed = |e: kube::Error| ClusterError::NodeListFailed(e.to_string());
         let nodes: Api<Node> = Api::all(self.client.clone());
         let list = nodes.list(&Default::default()).await.map_err(failed)?;
-        // Pods berth does not own take their requests out of what berth may use: system
-        // daemons, other schedulers' work. Finished pods hold nothing.
         let pods: Api<Pod> = Api::all(self.client.clone());
-        let params = ListParams::default()
-            .labels(&format!("!{LABEL_TASK}"))
-            .fields("status.phase!=Succeeded,status.phase!=Failed");
+        let params = ListParams::default().labels(&format!("!{LABEL_TASK}")).fields(FOREIGN_LIVE);
         let foreign = pods.list(&params).await.map_err(failed)?;
-        let mut held: BTreeMap<String, Resources> = BTreeMap::new();
-        for p in &foreign.items {
-            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
-                let e = held.entry(node.clone()).or_default();
-                *e = e.saturating_add(&pod_requests(p));
-            }
-        }
-        Ok(list
-            .items
-            .iter()
-            .filter_map(node_view)
-            .map(|mut n| {
-                if let Some(h) = held.get(&n.name) {
-                    n.allocatable = n.allocatable.saturating_sub(h);
-                }
-                n
-            })
-            .collect())
+        Ok(capacity(list.items.iter(), foreign.items.iter()))
+    }
+
+    fn node_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        let cache = self.nodes.get_or_init(|| watch::NodeCache::start(self.client.clone(), self.tx.clone()));
+        Some(cache.changed.clone())
     }
 }
 

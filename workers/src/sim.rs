@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::config::ClusterConfig;
-use berth_core::{NodeView, Resources, sim};
+use berth_core::sim::{self, Step};
+use berth_core::{NodeView, Resources};
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -56,20 +57,12 @@ impl SimCluster {
         }
     }
 
-    /// Jobs created and not yet finished or deleted.
-    pub fn live_jobs(&self) -> usize {
-        let mut jobs = self.jobs.lock().expect("sim jobs lock");
-        jobs.retain(|_, h| !h.is_finished());
-        jobs.len()
-    }
-}
-
-#[async_trait]
-impl Cluster for SimCluster {
-    async fn create_job(&self, job: &JobRequest) -> Result<(), ClusterError> {
-        let mut jobs = self.jobs.lock().expect("sim jobs lock");
-        if jobs.contains_key(&job.name) {
-            return Ok(()); // AlreadyExists: the same attempt, created before.
+    /// What a Job runs: its `sh -c` script of echo/sleep/exit when it has one and no sim
+    /// labels; else its sim-duration (a progress line per second) and sim-exit-code labels.
+    fn plan(&self, job: &JobRequest) -> Vec<Step> {
+        let labelled = job.labels.contains_key(sim::DURATION_LABEL) || job.labels.contains_key(sim::EXIT_CODE_LABEL);
+        if !labelled && let Some(steps) = sim::script(&job.command, &job.args) {
+            return steps;
         }
         let duration = match job.labels.get(sim::DURATION_LABEL) {
             None => self.default_duration,
@@ -85,29 +78,66 @@ impl Cluster for SimCluster {
                 1
             }),
         };
+        // A synthesized line per second of simulated work, as a real container would log.
+        let mut steps = Vec::new();
+        let (mut left, mut second) = (duration, 0u64);
+        while left > Duration::ZERO {
+            let step = left.min(Duration::from_secs(1));
+            steps.push(Step::Sleep(step));
+            left -= step;
+            second += 1;
+            if left > Duration::ZERO {
+                steps.push(Step::Echo(format!("[berth-sim] working… {second}s of {duration:?}")));
+            }
+        }
+        steps.push(Step::Echo(format!("[berth-sim] exiting with code {exit_code}")));
+        steps.push(Step::Exit(exit_code));
+        steps
+    }
+
+    /// Jobs created and not yet finished or deleted.
+    pub fn live_jobs(&self) -> usize {
+        let mut jobs = self.jobs.lock().expect("sim jobs lock");
+        jobs.retain(|_, h| !h.is_finished());
+        jobs.len()
+    }
+}
+
+#[async_trait]
+impl Cluster for SimCluster {
+    async fn create_job(&self, job: &JobRequest) -> Result<(), ClusterError> {
+        let mut jobs = self.jobs.lock().expect("sim jobs lock");
+        if jobs.contains_key(&job.name) {
+            return Ok(()); // AlreadyExists: the same attempt, created before.
+        }
+        let steps = self.plan(job);
         let (tx, start_delay) = (self.tx.clone(), self.start_delay);
         let (task_id, attempt, node, name) = (job.task_id, job.attempt, job.node.clone(), job.name.clone());
         let command = job.command.iter().chain(&job.args).cloned().collect::<Vec<_>>().join(" ");
         let image = job.image.clone();
-        debug!(job = %name, %node, ?duration, exit_code, "sim job created");
+        debug!(job = %name, %node, steps = steps.len(), "sim job created");
         let handle = tokio::spawn(async move {
-            let output = |lines: Vec<String>| JobEvent { task_id, attempt, phase: JobPhase::Output { lines } };
+            let mut line = 0u64;
+            let mut say = |text: String| {
+                let _ =
+                    tx.send(JobEvent { task_id, attempt, phase: JobPhase::Output { first: line, lines: vec![text] } });
+                line += 1;
+            };
             tokio::time::sleep(start_delay).await;
             let started = format!("[berth-sim] attempt {attempt} started on {node}: {image} {command}");
             let _ = tx.send(JobEvent { task_id, attempt, phase: JobPhase::Running { node, at: Utc::now() } });
-            let _ = tx.send(output(vec![started]));
-            // A synthesized line per second of simulated work, as a real container would log.
-            let (mut left, mut second) = (duration, 0u64);
-            while left > Duration::ZERO {
-                let step = left.min(Duration::from_secs(1));
-                tokio::time::sleep(step).await;
-                left -= step;
-                second += 1;
-                if left > Duration::ZERO {
-                    let _ = tx.send(output(vec![format!("[berth-sim] working… {second}s of {:?}", duration)]));
+            say(started);
+            let mut exit_code = 0;
+            for step in steps {
+                match step {
+                    Step::Echo(text) => say(text),
+                    Step::Sleep(d) => tokio::time::sleep(d).await,
+                    Step::Exit(code) => {
+                        exit_code = code;
+                        break;
+                    }
                 }
             }
-            let _ = tx.send(output(vec![format!("[berth-sim] exiting with code {exit_code}")]));
             let phase = if exit_code == 0 {
                 JobPhase::Succeeded { at: Utc::now() }
             } else {
@@ -190,7 +220,7 @@ mod tests {
         let mut lines = Vec::new();
         let end = loop {
             match rx.recv().await.unwrap() {
-                JobEvent { phase: JobPhase::Output { lines: l }, .. } => lines.extend(l),
+                JobEvent { phase: JobPhase::Output { lines: l, .. }, .. } => lines.extend(l),
                 other => break other,
             }
         };

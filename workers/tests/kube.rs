@@ -3,8 +3,6 @@
 //! (`tests/kmock/shim.py`), one emulator per test. The test plays the Job controller and the
 //! kubelet by creating pods and patching their status, as those would.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use berth_core::{Resources, TaintEffect, Toleration, TolerationOperator};
@@ -20,47 +18,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use uuid::Uuid;
 
-/// One emulator process, killed when dropped.
-struct Emulator {
-    child: Child,
-    url: String,
-}
-
-impl Emulator {
-    fn start() -> Emulator {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let out =
-            Command::new(format!("{root}/scripts/kmock.sh")).current_dir(root).output().expect("scripts/kmock.sh");
-        assert!(out.status.success(), "scripts/kmock.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let python = String::from_utf8(out.stdout).unwrap().lines().last().expect("the venv's python").to_owned();
-        let mut child = Command::new(python)
-            .arg(format!("{root}/tests/kmock/shim.py"))
-            .args(["--port", "0"])
-            // It exits when this process's end of its stdin closes, even if this process is
-            // SIGKILLed and never runs Drop.
-            .arg("--exit-on-eof")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the kmock shim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("shim said {line:?}"));
-        Emulator { child, url: format!("http://127.0.0.1:{port}") }
-    }
-
-    fn client(&self) -> kube::Client {
-        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Emulator;
 
 fn request(attempt: u32) -> JobRequest {
     let task_id = Uuid::from_u128(0xabc);
@@ -220,7 +179,13 @@ async fn pod_phases_arrive_as_job_events() {
     );
 
     // A live pod deleted under its attempt: the attempt is lost. A finished one deleted: nothing.
-    let p2 = Pod { metadata: ObjectMeta { name: Some("p2".into()), ..pod.metadata.clone() }, ..pod.clone() };
+    // (Attempt 2: attempt 1 is over, and the repeats of an attempt that ended are not reported.)
+    let mut labels = pod.metadata.labels.clone().unwrap();
+    labels.insert("compute-platform/attempt".into(), "2".into());
+    let p2 = Pod {
+        metadata: ObjectMeta { name: Some("p2".into()), labels: Some(labels), ..pod.metadata.clone() },
+        ..pod.clone()
+    };
     pods.create(&PostParams::default(), &p2).await.unwrap();
     pods.patch_status("p2", &PatchParams::default(), &status(json!({"phase": "Running"}))).await.unwrap();
     assert!(matches!(next(&mut events).await.phase, JobPhase::Running { .. }));
