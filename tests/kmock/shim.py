@@ -59,6 +59,10 @@ Control endpoints (not Kubernetes API; for the tests that play kubelet and contr
         Appends the raw request body to the pod's log (the pod need not exist yet);
         close=true also marks the log complete, which ends `follow=true` streams.
         Responds {"bytes": <total log length>, "closed": <bool>}.
+    GET /_shim/verbs
+        The RBAC verbs of the resource requests sent with the header `X-Shim-Audit: yes`,
+        as a sorted list of [apiGroup, resource (with "/subresource"), verb]: get, list,
+        watch, create, update, patch, delete, deletecollection (what an RBAC rule names).
     POST /_shim/compact
         Forgets the watch event history: a watch from any older resourceVersion then gets
         ERROR 410 Expired, which exercises the watcher's re-list path.
@@ -104,6 +108,18 @@ TERMINAL_PHASES = ('Succeeded', 'Failed')
 
 Obj = dict[str, Any]
 Key = tuple[references.resource, str | None, str]  # (resource, namespace or None, name)
+
+
+def rbac_verb(method: str, name: str | None, request: Any) -> str:
+    """The RBAC verb Kubernetes' authorizer would check for this request."""
+    method = method.upper()
+    if method == 'GET':
+        if request.params.get('watch') in ('true', '1'):
+            return 'watch'
+        return 'get' if name else 'list'
+    if method == 'DELETE':
+        return 'delete' if name else 'deletecollection'
+    return {'POST': 'create', 'PUT': 'update', 'PATCH': 'patch'}.get(method, method.lower())
 
 
 def log(message: str) -> None:
@@ -467,6 +483,7 @@ class ShimEmulator(kmock.KubernetesEmulator):
     _wakeup: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     logs: dict[tuple[str, str], PodLog] = attrs.field(factory=dict, init=False)
+    verbs: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -613,6 +630,9 @@ class ShimEmulator(kmock.KubernetesEmulator):
     async def _serve_resource(self, request: rendering.Request, method: str) -> aiohttp.web.StreamResponse:
         res, name, sub = request.resource, request.name, request.subresource
         assert res is not None
+        raw = request._raw_request
+        if raw is not None and raw.headers.get('X-Shim-Audit') == 'yes':
+            self.verbs.add((res.group or '', res.plural + (f'/{sub}' if sub else ''), rbac_verb(method, name, request)))
         if sub == 'log' and res.group == '' and res.plural == 'pods' and name and method == 'GET':
             return await self._serve_log(request)
         if sub not in (None, 'status'):
@@ -1076,6 +1096,8 @@ class ShimEmulator(kmock.KubernetesEmulator):
                 state.closed = True
             self._notify()
             return self._json({'bytes': len(state.text), 'closed': state.closed})
+        if raw.method.upper() == 'GET' and path == '/_shim/verbs':
+            return self._json(sorted(list(v) for v in self.verbs))
         if raw.method.upper() == 'POST' and path == '/_shim/compact':
             self._compact(len(self._history))
             self._history_floor = self._rv

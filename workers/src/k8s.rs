@@ -40,12 +40,17 @@ use crate::cluster::{
 use crate::job::{self, APP, LABEL_ATTEMPT, LABEL_TASK, SERVICE_ACCOUNT};
 
 /// Every API call this module makes, as (API group, resource, verbs): what the executor's
-/// ClusterRole (`deploy/kubernetes/executor-rbac.yaml`) grants, no more (a test holds the
-/// two equal). Server-side apply is a PATCH that may create, so it needs both verbs.
+/// ClusterRole (`deploy/kubernetes/executor-rbac.yaml`) grants, no more. Two tests hold them
+/// together: the manifest's role equals this list, and this list equals the verbs the
+/// emulator saw the code use (`workers/tests/kube.rs`). Server-side apply is a PATCH that may
+/// create, so it needs both verbs.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
-    ("batch", "jobs", &["create", "delete"]),
+    // Create per attempt, delete on stop; watch; get: why a Job whose pod vanished failed.
+    ("batch", "jobs", &["create", "delete", "get", "list", "watch"]),
+    // Task pods watched; other pods' requests reflected; a lost node's pods listed.
     ("", "pods", &["list", "watch"]),
-    ("", "nodes", &["list"]),
+    ("", "pods/log", &["get"]),
+    ("", "nodes", &["list", "watch"]),
     ("", "persistentvolumeclaims", &["get", "create"]),
     ("", "namespaces", &["create", "patch"]),
     ("", "serviceaccounts", &["create", "patch"]),
@@ -368,8 +373,9 @@ impl Cluster for KubeCluster {
 
     fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError> {
         let rx = self.events.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(ClusterError::EventsTaken)?;
-        tokio::spawn(watch::pods(self.client.clone(), self.tx.clone(), self.image_pull_grace));
-        tokio::spawn(watch::jobs(self.client.clone(), self.tx.clone()));
+        let seen = watch::PodsSeen::default();
+        tokio::spawn(watch::pods(self.client.clone(), self.tx.clone(), self.image_pull_grace, seen.clone()));
+        tokio::spawn(watch::jobs(self.client.clone(), self.tx.clone(), seen));
         Ok(rx)
     }
 

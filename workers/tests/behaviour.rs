@@ -58,6 +58,8 @@ struct Suite {
     user: Uuid,
     stop: watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    /// The executor, stopped and started on its own (a restart).
+    executor: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
 /// The real cluster's client when `BERTH_TEST_KUBECONFIG` is set.
@@ -108,27 +110,39 @@ impl Suite {
         .await
         .unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let mut suite = Suite { pool, queue, backend, tenant, tenant_name, user, stop, workers: Vec::new() };
-        let cluster = suite.cluster();
-        berth_workers::nodes::publish_once(cluster.as_ref(), &suite.queue).await.unwrap();
+        let mut suite =
+            Suite { pool, queue, backend, tenant, tenant_name, user, stop, workers: Vec::new(), executor: None };
+        berth_workers::nodes::publish_once(suite.cluster().as_ref(), &suite.queue).await.unwrap();
+        suite.start_executor();
+        suite.workers.push(tokio::spawn(schedule(suite.queue.clone(), stop_rx)));
+        suite
+    }
+
+    /// Starts an executor with a cluster client of its own, as a new process would.
+    fn start_executor(&mut self) {
         let config = ExecutorConfig {
             retry: RetryConfig { base: Duration::from_millis(50), cap: Duration::from_millis(50), jitter: 0.0 },
             ..ExecutorConfig::default()
         };
-        let shutdown = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let executor = berth_workers::executor::run(
+        let (stop, mut stop_rx) = watch::channel(false);
+        let run = berth_workers::executor::run(
             config,
-            suite.pool.clone(),
-            suite.queue.clone(),
-            cluster,
-            "suite-executor".into(),
-            shutdown(stop_rx.clone()),
+            self.pool.clone(),
+            self.queue.clone(),
+            self.cluster(),
+            format!("suite-executor-{}", Uuid::new_v4().simple()),
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
         );
-        suite.workers.push(tokio::spawn(async move { executor.await.unwrap() }));
-        suite.workers.push(tokio::spawn(schedule(suite.queue.clone(), stop_rx)));
-        suite
+        self.executor = Some((stop, tokio::spawn(async move { run.await.unwrap() })));
+    }
+
+    async fn stop_executor(&mut self) {
+        if let Some((stop, handle)) = self.executor.take() {
+            stop.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), handle).await.expect("the executor stops").unwrap();
+        }
     }
 
     /// How long a task may take to get somewhere: a real cluster pulls busybox and starts
@@ -273,6 +287,7 @@ impl Suite {
     }
 
     async fn finish(mut self) {
+        self.stop_executor().await;
         let _ = self.stop.send(true);
         for w in std::mem::take(&mut self.workers) {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
@@ -384,3 +399,35 @@ macro_rules! suite {
 }
 
 suite!(happy_path, failures_are_retried_then_dead_lettered, a_stopped_task_leaves_nothing_running);
+
+/// An executor stopped while its task runs, and another started after the task ended: the
+/// new one finds the outcome from the cluster (the watch's initial list) and the rest of the
+/// log, creates no second Job, and records one attempt. Kubernetes only: the simulated
+/// cluster lives in the executor's process and ends with it.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_executor_restarted_mid_run_catches_up_without_a_second_job(pool: PgPool) {
+    let mut s = Suite::start(pool, Kind::Kube).await;
+    let id = s.submit("echo one; sleep 1.5; echo two", 2).await;
+    s.wait_for(id, "running", s.within()).await;
+    // The first line is in before the executor stops: the next one reads the log again.
+    let deadline = Instant::now() + s.within();
+    while s.log(id).await.0.is_empty() {
+        assert!(Instant::now() < deadline, "the first line never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop_executor().await;
+    // The task ends while no executor watches.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.status(id).await, "running", "nobody recorded the end yet");
+    s.start_executor();
+    s.wait_for(id, "succeeded", s.within()).await;
+    assert_eq!(s.executions(id).await, [(0, "succeeded".into(), Some(0), None)]);
+    let (Backend::Emulated { client, .. } | Backend::Real(client)) = &s.backend else { unreachable!() };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &s.namespace());
+    let params = kube::api::ListParams::default().labels(&format!("compute-platform/task-id={id}"));
+    assert_eq!(jobs.list(&params).await.unwrap().items.len(), 1, "one Job");
+    let (lines, ended) = s.log(id).await;
+    assert_eq!(lines, ["one", "two"], "each line once, though the log was read twice");
+    assert!(ended);
+    s.finish().await;
+}

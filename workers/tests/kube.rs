@@ -9,7 +9,7 @@ use berth_core::{Resources, TaintEffect, Toleration, TolerationOperator};
 use berth_workers::cluster::JobVolume;
 use berth_workers::cluster::NamespaceRequest;
 use berth_workers::k8s::KubeCluster;
-use berth_workers::{Cluster, JobPhase, JobRequest, VolumePhase, VolumeRequest};
+use berth_workers::{Cluster, JobEvent, JobPhase, JobRequest, VolumePhase, VolumeRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -386,4 +386,263 @@ async fn a_node_that_goes_not_ready_or_away_takes_no_new_tasks() {
     assert_eq!(schedulable(queue.clone()).await, [("a".into(), false), ("b".into(), false)]);
     assert_eq!(queue.capacity().await.unwrap().cpu_millis, 0);
     berth_queue::Queue::purge_blocking(&url, &partition);
+}
+
+/// Waits for the next event, failing the test after `secs`.
+async fn next_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<berth_workers::JobEvent>, secs: u64) -> JobEvent {
+    tokio::time::timeout(Duration::from_secs(secs), events.recv()).await.expect("an event in time").unwrap()
+}
+
+/// The pod the Job controller would make for `req`'s Job, on `node`.
+fn pod_of(req: &JobRequest, name: &str) -> Pod {
+    let template = berth_workers::job::build(req).spec.unwrap().template;
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(req.namespace.clone()),
+            ..template.metadata.unwrap()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}
+
+fn waiting(reason: &str) -> serde_json::Value {
+    json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "task-container", "image": "x",
+        "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": reason, "message": "pull access denied"}}}]}})
+}
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_fails_its_attempt_after_the_grace_period() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client()).with_image_pull_grace(Duration::from_millis(1500));
+    let mut events = cluster.take_events().unwrap();
+    let req = request(0);
+    cluster.create_job(&req).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
+    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
+    let started = std::time::Instant::now();
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(waiting("ErrImagePull"))).await.unwrap();
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(waiting("ImagePullBackOff"))).await.unwrap();
+    let e = next_event(&mut events, 10).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the grace period: {:?}", started.elapsed());
+    match &e.phase {
+        JobPhase::Failed { exit_code: None, reason, message, .. } => {
+            assert_eq!(reason, "ImagePullBackOff");
+            assert!(message.contains("pull access denied") && message.contains("not pulled within"), "{message}");
+            assert_eq!(berth_core::failure::FailureClass::classify(reason).as_str(), "image_pull");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its pod would wait for the image for ever: the Job goes.
+    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while jobs.get_opt(&req.name).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the Job of an image never pulled is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pod's deletion that follows is not a second failure.
+    assert!(tokio::time::timeout(berth_workers::k8s::LOST_GRACE * 2, events.recv()).await.is_err());
+
+    // A pull that recovers within the grace period is no failure.
+    let req = request(1);
+    cluster.create_job(&req).await.unwrap();
+    pods.create(&PostParams::default(), &pod_of(&req, "p1")).await.unwrap();
+    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(waiting("ErrImagePull"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running = json!({"status": {"phase": "Running", "containerStatuses": [{"name": "task-container",
+        "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}});
+    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(running)).await.unwrap();
+    let e = next_event(&mut events, 10).await;
+    assert!(matches!(e.phase, JobPhase::Running { .. }), "{e:?}");
+    assert!(tokio::time::timeout(Duration::from_secs(2), events.recv()).await.is_err(), "no failure after recovery");
+}
+
+#[tokio::test]
+async fn a_job_deleted_before_its_pod_existed_loses_its_attempt() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    let mut events = cluster.take_events().unwrap();
+    let req = request(0);
+    cluster.create_job(&req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the watch has the Job
+    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
+    jobs.delete(&req.name, &Default::default()).await.unwrap();
+    let e = next_event(&mut events, 10).await;
+    assert_eq!((e.task_id, e.attempt), (req.task_id, 0));
+    assert!(matches!(&e.phase, JobPhase::Failed { exit_code: None, reason, .. } if reason == "Deleted"), "{e:?}");
+}
+
+/// The Job controller ends a Job past its activeDeadlineSeconds: it marks the Job Failed
+/// (DeadlineExceeded) and deletes the pod. The attempt fails as DeadlineExceeded, whichever
+/// of the two the executor hears of first.
+#[tokio::test]
+async fn a_job_past_its_deadline_fails_as_deadline_exceeded() {
+    let emu = Emulator::start();
+    let cluster = KubeCluster::new(emu.client());
+    let mut events = cluster.take_events().unwrap();
+    let req = request(0);
+    cluster.create_job(&req).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
+    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    // The pod first, then the condition: the worse order for the executor.
+    pods.delete("p", &Default::default()).await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
+    let failed = json!({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+        "message": "Job was active longer than specified deadline", "lastTransitionTime": "2026-12-04T10:10:00Z"}]}});
+    jobs.patch_status(&req.name, &PatchParams::default(), &Patch::Merge(failed)).await.unwrap();
+    for _ in 0..2 {
+        let e = next_event(&mut events, 10).await;
+        assert!(
+            matches!(&e.phase, JobPhase::Failed { reason, .. } if reason == "DeadlineExceeded"),
+            "both the Job's word and the pod's loss say DeadlineExceeded: {e:?}"
+        );
+    }
+}
+
+/// A node that turns NotReady: within about a second the ledger has it unschedulable, and
+/// the attempts running on it are lost (retried elsewhere) and their Jobs deleted.
+#[tokio::test]
+async fn a_node_that_turns_not_ready_loses_its_running_attempts_within_a_second() {
+    let emu = Emulator::start();
+    emu.add_node("node-1", "8", "16Gi").await;
+    let cluster = std::sync::Arc::new(KubeCluster::new(emu.client()));
+    let mut events = cluster.take_events().unwrap();
+    let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let partition = format!("test-{}", Uuid::new_v4().simple());
+    let queue = berth_queue::Queue::connect(&url, &partition).await.expect("Redis (make services)");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // A full resync only every hour: what follows comes from the watch.
+    let publisher = tokio::spawn(berth_workers::nodes::run(
+        cluster.clone(),
+        queue.clone(),
+        Duration::from_secs(3600),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    let schedulable = async |q: &berth_queue::Queue| q.snapshot().await.unwrap().nodes.first().map(|n| n.schedulable);
+    let wait_for = async |want: Option<bool>, what: &str| {
+        let t = std::time::Instant::now();
+        while schedulable(&queue).await != want {
+            assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t.elapsed()
+    };
+    wait_for(Some(true), "the node is published").await;
+
+    let req = request(0);
+    cluster.create_job(&req).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
+    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+
+    let nodes = Api::<Node>::all(emu.client());
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    nodes.patch_status("node-1", &PatchParams::default(), &Patch::Merge(not_ready)).await.unwrap();
+    let took = wait_for(Some(false), "the NotReady node is unschedulable in the ledger").await;
+    assert!(took < Duration::from_secs(1), "the ledger followed in {took:?}");
+    let e = next_event(&mut events, 10).await;
+    match &e.phase {
+        JobPhase::Failed { reason, message, .. } => {
+            assert_eq!(reason, "NodeLost");
+            assert!(message.contains("node-1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while jobs.get_opt(&req.name).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the lost attempt's Job is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    publisher.await.unwrap();
+    berth_queue::Queue::purge_blocking(&url, &partition);
+}
+
+/// The verbs the code uses, seen by the emulator while every path of the Kubernetes
+/// implementation runs, are exactly `k8s::PERMISSIONS` (which the manifest's ClusterRole is
+/// held to in `manifests.rs`). Only the implementation's own requests are counted: its
+/// client sends `X-Shim-Audit: yes`, the test's does not.
+#[tokio::test]
+async fn the_permissions_are_exactly_the_verbs_the_code_uses() {
+    let emu = Emulator::start();
+    emu.add_node("node-1", "8", "16Gi").await;
+    let mut config = kube::Config::new(emu.url.parse().unwrap());
+    config.headers.push((http::HeaderName::from_static("x-shim-audit"), http::HeaderValue::from_static("yes")));
+    let audited = kube::Client::try_from(config).unwrap();
+    let cluster = KubeCluster::new(audited).with_image_pull_grace(Duration::ZERO);
+    let mut events = cluster.take_events().unwrap();
+    let changes = cluster.node_changes().expect("the Kubernetes cluster watches its nodes");
+    cluster.list_nodes().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), changes.notified()).await.expect("the node reflector reports");
+    let ns = NamespaceRequest {
+        namespace: "tenant-acme".into(),
+        tenant: "acme".into(),
+        tenant_id: Uuid::from_u128(2),
+        cpu_millis: Some(4000),
+        memory_bytes: None,
+        gpu: None,
+    };
+    cluster.ensure_namespace(&ns).await.unwrap();
+    let volume = VolumeRequest {
+        namespace: "tenant-acme".into(),
+        claim: "data-claim".into(),
+        size: "1Gi".into(),
+        storage_class: None,
+        access_mode: "ReadWriteOnce".into(),
+    };
+    cluster.ensure_volume(&volume).await.unwrap();
+    // A running attempt (its log is read), then its pod vanishes (its Job is read).
+    let req = request(0);
+    cluster.create_job(&req).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
+    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    common::write_log(&emu.client(), &req.namespace, "p", "hi\n", false).await;
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Output { .. }));
+    pods.delete("p", &Default::default()).await.unwrap();
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Failed { .. }));
+    // An attempt on a node that is lost (its pods are listed); an image that never comes
+    // (its Job is deleted).
+    let req = request(1);
+    cluster.create_job(&req).await.unwrap();
+    pods.create(&PostParams::default(), &pod_of(&req, "p1")).await.unwrap();
+    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(waiting("InvalidImageName"))).await.unwrap();
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Failed { .. }));
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    Api::<Node>::all(emu.client())
+        .patch_status("node-1", &PatchParams::default(), &Patch::Merge(not_ready))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.delete_job(&req.namespace, &req.name).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let seen: Vec<(String, String, String)> = {
+        let req = http::Request::get("/_shim/verbs").body(Vec::new()).unwrap();
+        serde_json::from_str(&emu.client().request_text(req).await.unwrap()).unwrap()
+    };
+    let mut used: std::collections::BTreeSet<(String, String, String)> = seen.into_iter().collect();
+    // A server-side apply is a PATCH, and one that creates needs `create` as well.
+    let applied: Vec<_> = used.iter().filter(|u| u.2 == "patch").map(|u| (u.0.clone(), u.1.clone())).collect();
+    used.extend(applied.into_iter().map(|(g, r)| (g, r, "create".to_string())));
+    let granted: std::collections::BTreeSet<(String, String, String)> = berth_workers::k8s::PERMISSIONS
+        .iter()
+        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(used, granted, "k8s::PERMISSIONS against what the code was seen to do");
 }

@@ -46,6 +46,15 @@ const PULL_HOPELESS: &[&str] = &["InvalidImageName", "ErrImageNeverPull"];
 /// Which attempt of which task an object belongs to.
 type Key = (Uuid, u32);
 
+/// The attempts whose pod the pod watcher has seen: a Job deleted with its pod is reported
+/// lost by the pod's watcher, so the Job's watcher reports only those that never had one. A
+/// key goes when its Job does (the last of the two to go).
+pub type PodsSeen = Arc<std::sync::Mutex<HashSet<Key>>>;
+
+fn lock(seen: &PodsSeen) -> std::sync::MutexGuard<'_, HashSet<Key>> {
+    seen.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sends to the executor; false once it has gone.
 fn send(tx: &mpsc::UnboundedSender<JobEvent>, e: JobEvent) -> bool {
     tx.send(e).is_ok()
@@ -69,14 +78,22 @@ struct Pods {
     pulling: HashMap<Key, Pulling>,
     /// Attempts whose outcome this process has reported (their repeats are not sent again).
     ended: HashSet<Key>,
+    seen: PodsSeen,
 }
 
 /// Watches berth's task pods in every namespace until the executor goes away.
-pub async fn pods(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, pull_grace: Duration) {
+pub async fn pods(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, pull_grace: Duration, seen: PodsSeen) {
     let api: Api<Pod> = Api::all(client.clone());
     let mut stream = watcher(api, watcher::Config::default().labels(job::SELECTOR)).boxed();
-    let mut pods =
-        Pods { client, tx, pull_grace, followers: HashMap::new(), pulling: HashMap::new(), ended: HashSet::new() };
+    let mut pods = Pods {
+        client,
+        tx,
+        pull_grace,
+        followers: HashMap::new(),
+        pulling: HashMap::new(),
+        ended: HashSet::new(),
+        seen,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -117,6 +134,7 @@ fn pull_failure(pod: &Pod) -> Option<(String, String)> {
 impl Pods {
     fn seen(&mut self, pod: &Pod) {
         let Some(key) = task_attempt(pod) else { return };
+        lock(&self.seen).insert(key);
         if self.ended.contains(&key) {
             return;
         }
@@ -295,7 +313,7 @@ async fn lost(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, namespa
 
 /// Watches berth's Jobs: a Job that failed on its own (past its deadline) fails its attempt;
 /// one deleted before it finished, its pod never seen ending, loses it.
-pub async fn jobs(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>) {
+pub async fn jobs(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, seen: PodsSeen) {
     let api: Api<Job> = Api::all(client.clone());
     let mut stream = watcher(api, watcher::Config::default().labels(job::SELECTOR)).boxed();
     let mut failed: HashSet<Key> = HashSet::new();
@@ -329,7 +347,14 @@ pub async fn jobs(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>) {
                     },
                 };
                 let namespace = j.metadata.namespace.clone().unwrap_or_default();
-                tokio::spawn(lost(client.clone(), tx.clone(), namespace, event));
+                let (client, tx, seen) = (client.clone(), tx.clone(), seen.clone());
+                tokio::spawn(async move {
+                    // Its pod's watcher may be a moment behind.
+                    tokio::time::sleep(LOST_GRACE).await;
+                    if !lock(&seen).remove(&key) {
+                        lost(client, tx, namespace, event).await;
+                    }
+                });
             }
             Ok(_) => {}
             Err(e) => {
