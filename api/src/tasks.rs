@@ -41,6 +41,8 @@ pub fn router() -> Router<AppState> {
 pub const DEFAULT_MAX_RETRIES: i64 = 3;
 /// Most retries a task may ask for: beyond this a failing task only burns capacity.
 pub const MAX_RETRIES: i64 = 20;
+/// Longest timeout a task may ask for: a week.
+pub const MAX_TIMEOUT_SECONDS: i64 = 7 * 24 * 3600;
 const MAX_DESCRIPTION: usize = 1000;
 const MAX_LIST_ITEMS: usize = 256;
 const MAX_ITEM_BYTES: usize = 4096;
@@ -152,6 +154,12 @@ pub struct CreateTaskRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 20)]
     pub max_retry_count: Option<i64>,
+    /// Seconds one attempt may run before it is stopped and fails as DeadlineExceeded (the
+    /// Job's `activeDeadlineSeconds`), at most a week. Default: the executor's
+    /// `executor.default_timeout` (1 hour, the seed's).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
+    pub timeout_seconds: Option<i64>,
 }
 
 /// A request that passed validation: parsed amounts, canonical stored forms.
@@ -163,6 +171,7 @@ pub struct ValidTask {
     pub limits_json: Value,
     pub priority: i32,
     pub max_retry_count: i32,
+    pub timeout_seconds: Option<i32>,
 }
 
 fn check_requirements(path: &str, r: &ResourceRequirements, errs: &mut Vec<FieldError>) -> (Resources, Value) {
@@ -359,6 +368,11 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
     if !(0..=MAX_RETRIES).contains(&max_retry_count) {
         errs.push(FieldError::new("max_retry_count", format!("must be between 0 and {MAX_RETRIES}")));
     }
+    if let Some(t) = req.timeout_seconds
+        && !(1..=MAX_TIMEOUT_SECONDS).contains(&t)
+    {
+        errs.push(FieldError::new("timeout_seconds", format!("must be between 1 and {MAX_TIMEOUT_SECONDS} (a week)")));
+    }
     if let Some(vols) = &req.volumes {
         if vols.len() > MAX_VOLUMES {
             errs.push(FieldError::new("volumes", format!("must have at most {MAX_VOLUMES} items")));
@@ -389,16 +403,18 @@ pub fn validate_task(req: CreateTaskRequest) -> Result<ValidTask, ApiError> {
         return Err(ApiError::invalid(errs));
     }
     Ok(ValidTask {
-        req,
         requests,
         requests_json,
         limits_json,
         priority: priority as i32,
         max_retry_count: max_retry_count as i32,
+        timeout_seconds: req.timeout_seconds.map(|t| t as i32),
+        req,
     })
 }
 
-/// The seed's Task schema, plus `node_selector`, `tolerations`, `node_name`, `not_before`.
+/// The seed's Task schema, plus `node_selector`, `tolerations`, `node_name`, `not_before`,
+/// `timeout_seconds`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
@@ -437,13 +453,15 @@ pub struct Task {
     pub error_message: Option<String>,
     pub node_name: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
+    /// Null: the executor's default (`executor.default_timeout`).
+    pub timeout_seconds: Option<i32>,
 }
 
 const TASK_COLUMNS: &str =
     "id, tenant_id, user_id, name, description, image, command, args, env_vars, resource_requests,
     resource_limits, volumes, labels, status, k8s_job_name, k8s_namespace, node_selector, tolerations, priority,
     max_retry_count, current_retry_count, created_at, updated_at, started_at, completed_at, error_message,
-    node_name, not_before";
+    node_name, not_before, timeout_seconds";
 
 #[utoipa::path(post, path = "/v1/tasks", tag = "Tasks", summary = "Create a task", request_body = CreateTaskRequest,
     responses((status = 201, description = "Task created", body = crate::openapi::TaskResponse), (status = 409, description = "Resource quota exceeded: details hold `requested` and `available`", body = crate::openapi::Error)))]
@@ -616,16 +634,17 @@ pub(crate) async fn admit(
         "insert into tasks (id, tenant_id, user_id, name, description, image, command, args, env_vars,
             resource_requests, resource_limits, volumes, labels, node_selector, tolerations, priority,
             max_retry_count, current_retry_count, status, k8s_namespace, k8s_job_name,
-            quota_charged, quota_cpu, quota_memory, quota_gpu)
+            quota_charged, quota_cpu, quota_memory, quota_gpu, timeout_seconds)
          select u.id, $1, u.user_id, u.name, u.description, u.image,
                 array(select jsonb_array_elements_text(u.command)), array(select jsonb_array_elements_text(u.args)),
                 u.env_vars, u.requests, u.limits, u.volumes, u.labels, u.node_selector, u.tolerations, u.priority,
-                u.max_retry_count, 0, 'pending', $3, 'task-' || u.id || '-0', true, u.qcpu, u.qmem, u.qgpu
+                u.max_retry_count, 0, 'pending', $3, 'task-' || u.id || '-0', true, u.qcpu, u.qmem, u.qgpu,
+                u.timeout_seconds
          from unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
                      $12::jsonb[], $13::jsonb[], $14::jsonb[], $15::jsonb[], $16::jsonb[], $17::int[], $18::int[],
-                     $19::int8[], $20::int8[], $21::int8[], $2::uuid[])
+                     $19::int8[], $20::int8[], $21::int8[], $2::uuid[], $22::int[])
            as u(id, name, description, image, command, args, env_vars, requests, limits, volumes, labels, node_selector,
-                tolerations, priority, max_retry_count, qcpu, qmem, qgpu, user_id)
+                tolerations, priority, max_retry_count, qcpu, qmem, qgpu, user_id, timeout_seconds)
          returning {TASK_COLUMNS}"
     )))
     .bind(who.tenant_id)
@@ -649,6 +668,7 @@ pub(crate) async fn admit(
     .bind(charges.iter().map(|c| c.cpu_millis as i64).collect::<Vec<_>>())
     .bind(charges.iter().map(|c| c.memory_bytes as i64).collect::<Vec<_>>())
     .bind(charges.iter().map(|c| c.gpu as i64).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|v| v.timeout_seconds).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     // RETURNING promises no order: put the rows back in the request's.

@@ -97,6 +97,7 @@ async fn an_admitted_task_is_stored_and_queued(pool: PgPool) {
     assert_eq!(d["status"], "pending");
     assert_eq!(d["priority"], 50);
     assert_eq!(d["max_retry_count"], 3);
+    assert_eq!(d["timeout_seconds"], json!(null), "the executor's default");
     assert_eq!(d["current_retry_count"], 0);
     assert_eq!(d["resource_requests"], json!({"cpu": "500m", "memory": "1Gi", "gpu": 1}));
     assert_eq!(d["k8s_namespace"], "tenant-acme");
@@ -108,6 +109,15 @@ async fn an_admitted_task_is_stored_and_queued(pool: PgPool) {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["data"]["name"], "ml-training-job");
     assert_eq!(v["data"]["scheduling"]["queue_state"], "ready");
+
+    // A timeout of its own is kept, and shown.
+    let mut timed = task("timed");
+    timed["timeout_seconds"] = json!(120);
+    let (s, v) = a.submit(&t, timed).await;
+    assert_eq!((s, v["data"]["timeout_seconds"].clone()), (StatusCode::CREATED, json!(120)), "{v}");
+    let id = v["data"]["id"].as_str().unwrap();
+    let (_, v) = a.call("GET", &format!("/v1/tasks/{id}"), Some(&t), None).await;
+    assert_eq!(v["data"]["timeout_seconds"], 120);
 }
 
 /// An extended resource by name is stored as submitted and queued with the task's
@@ -199,6 +209,8 @@ async fn bad_input_is_400_naming_the_field_and_writes_nothing(pool: PgPool) {
         (with(json!({"volumes": [{"name": "data", "mount_path": "relative"}]})), "volumes[0].mount_path"),
         (with(json!({"volumes": [{"name": "data", "mount_path": "/data"}]})), "volumes[0].name"),
         (with(json!({"max_retry_count": 99})), "max_retry_count"),
+        (with(json!({"timeout_seconds": 0})), "timeout_seconds"),
+        (with(json!({"timeout_seconds": 604801})), "timeout_seconds"),
         (with(json!({"command": "python train.py"})), "command"),
     ];
     for (body, field) in &cases {

@@ -422,6 +422,21 @@ pub struct ExecutorConfig {
     /// 10s: how often the reconciler enqueues pending tasks that Redis lost or never got.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// 1h (the seed's): how long an attempt of a task without `timeout_seconds` may run
+    /// before it is stopped as DeadlineExceeded. "0s": no limit.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+}
+
+impl ExecutorConfig {
+    /// The deadline of an attempt, in seconds: the task's own, else [`Self::default_timeout`]
+    /// (none when that is zero).
+    pub fn deadline_seconds(&self, task_timeout: Option<i32>) -> Option<i64> {
+        match task_timeout {
+            Some(t) if t > 0 => Some(i64::from(t)),
+            _ => Some(self.default_timeout.as_secs().min(i64::MAX as u64) as i64).filter(|s| *s > 0),
+        }
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -431,6 +446,7 @@ impl Default for ExecutorConfig {
             retry: RetryConfig::default(),
             failures: FailuresConfig::default(),
             reconcile_interval: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(3600),
         }
     }
 }

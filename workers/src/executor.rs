@@ -78,6 +78,7 @@ struct TaskRow {
     name: String,
     priority: Option<i32>,
     created_at: Option<chrono::DateTime<chrono::Utc>>,
+    timeout_seconds: Option<i32>,
     /// The tenant volumes it mounts: `[{name, claim, mount_path, read_only}]`.
     mounts: serde_json::Value,
 }
@@ -106,7 +107,7 @@ pub(crate) fn stored<T: serde::de::DeserializeOwned + Default>(
 }
 
 impl TaskRow {
-    fn job(self, binding: &Binding) -> Result<JobRequest, ExecutorError> {
+    fn job(self, binding: &Binding, config: &ExecutorConfig) -> Result<JobRequest, ExecutorError> {
         let id = self.id;
         let malformed = |field, message: String| ExecutorError::MalformedTask { task: id, field, message };
         let tolerations: Vec<Toleration> = stored(id, "tolerations", self.tolerations)?;
@@ -132,7 +133,7 @@ impl TaskRow {
             task_name: self.name,
             priority: self.priority.unwrap_or(0),
             created_at: self.created_at.unwrap_or_else(chrono::Utc::now),
-            active_deadline_seconds: None,
+            active_deadline_seconds: config.deadline_seconds(self.timeout_seconds),
             volumes: stored::<Vec<Mount>>(id, "volumes", Some(self.mounts))?
                 .into_iter()
                 .map(|m| JobVolume { name: m.name, claim: m.claim, mount_path: m.mount_path, read_only: m.read_only })
@@ -297,7 +298,7 @@ impl Executor {
         let row: Option<TaskRow> = sqlx::query_as(
             "select t.id, t.tenant_id, t.user_id, n.name as tenant_name, t.image, t.command, t.args, t.env_vars,
                     t.labels, t.resource_requests, t.resource_limits, t.node_selector, t.tolerations, t.status,
-                    t.current_retry_count, t.name, t.priority, t.created_at,
+                    t.current_retry_count, t.name, t.priority, t.created_at, t.timeout_seconds,
                     (select coalesce(jsonb_agg(jsonb_build_object('name', v.name,
                                 'claim', coalesce(v.pvc_name, v.id::text), 'mount_path', tv.mount_path,
                                 'read_only', coalesce(tv.read_only, false)) order by v.name), '[]')
@@ -326,7 +327,7 @@ impl Executor {
             return self.repair(b.task_id, b.attempt).await;
         }
         let tenant_id = row.tenant_id;
-        let job = row.job(b)?;
+        let job = row.job(b, &self.config)?;
         let moved = sqlx::query(
             "update tasks set status = 'scheduled', node_name = $2, k8s_job_name = $3, k8s_namespace = $4,
                     not_before = null, updated_at = now()

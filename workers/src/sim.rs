@@ -116,6 +116,8 @@ impl Cluster for SimCluster {
         let command = job.command.iter().chain(&job.args).cloned().collect::<Vec<_>>().join(" ");
         let image = job.image.clone();
         debug!(job = %name, %node, steps = steps.len(), "sim job created");
+        // The Job controller's activeDeadlineSeconds, counted from the pod's start.
+        let deadline = job.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
         let handle = tokio::spawn(async move {
             let mut line = 0u64;
             let mut say = |text: String| {
@@ -127,26 +129,38 @@ impl Cluster for SimCluster {
             let started = format!("[berth-sim] attempt {attempt} started on {node}: {image} {command}");
             let _ = tx.send(JobEvent { task_id, attempt, phase: JobPhase::Running { node, at: Utc::now() } });
             say(started);
-            let mut exit_code = 0;
-            for step in steps {
-                match step {
-                    Step::Echo(text) => say(text),
-                    Step::Sleep(d) => tokio::time::sleep(d).await,
-                    Step::Exit(code) => {
-                        exit_code = code;
-                        break;
+            let run = async {
+                for step in steps {
+                    match step {
+                        Step::Echo(text) => say(text),
+                        Step::Sleep(d) => tokio::time::sleep(d).await,
+                        Step::Exit(code) => return code,
                     }
                 }
-            }
-            let phase = if exit_code == 0 {
-                JobPhase::Succeeded { at: Utc::now() }
-            } else {
-                JobPhase::Failed {
-                    exit_code: Some(exit_code),
+                0
+            };
+            let outcome = match deadline {
+                Some(d) => tokio::time::timeout(d, run).await.ok(),
+                None => Some(run.await),
+            };
+            let at = Utc::now();
+            let phase = match outcome {
+                Some(0) => JobPhase::Succeeded { at },
+                Some(code) => JobPhase::Failed {
+                    exit_code: Some(code),
                     reason: "Error".into(),
-                    message: format!("container exited with code {exit_code}"),
-                    at: Utc::now(),
-                }
+                    message: format!("container exited with code {code}"),
+                    at,
+                },
+                None => JobPhase::Failed {
+                    exit_code: None,
+                    reason: "DeadlineExceeded".into(),
+                    message: format!(
+                        "Job was active longer than specified deadline ({}s)",
+                        deadline.unwrap_or_default().as_secs()
+                    ),
+                    at,
+                },
             };
             let _ = tx.send(JobEvent { task_id, attempt, phase });
         });

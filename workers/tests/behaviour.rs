@@ -167,10 +167,15 @@ impl Suite {
 
     /// Submits a busybox task running `script`, as the API would: PostgreSQL, then Redis.
     async fn submit(&self, script: &str, max_retries: i32) -> Uuid {
+        self.submit_with(script, max_retries, None, "busybox:1.36").await
+    }
+
+    async fn submit_with(&self, script: &str, max_retries: i32, timeout: Option<i32>, image: &str) -> Uuid {
         let id = Uuid::now_v7();
         sqlx::query(
-            "insert into tasks (id, tenant_id, user_id, name, image, command, resource_requests, max_retry_count)
-             values ($1, $2, $3, 'suite', 'busybox:1.36', $4, $5, $6)",
+            "insert into tasks (id, tenant_id, user_id, name, image, command, resource_requests, max_retry_count,
+                                timeout_seconds)
+             values ($1, $2, $3, 'suite', $7, $4, $5, $6, $8)",
         )
         .bind(id)
         .bind(self.tenant)
@@ -178,6 +183,8 @@ impl Suite {
         .bind(vec!["sh".to_string(), "-c".into(), script.into()])
         .bind(json!({"cpu": "100m", "memory": "64Mi"}))
         .bind(max_retries)
+        .bind(image)
+        .bind(timeout)
         .execute(&self.pool)
         .await
         .unwrap();
@@ -384,6 +391,20 @@ async fn a_stopped_task_leaves_nothing_running(pool: PgPool, kind: Kind) {
     s.finish().await;
 }
 
+async fn an_attempt_past_its_timeout_fails_as_deadline_exceeded(pool: PgPool, kind: Kind) {
+    let s = Suite::start(pool, kind).await;
+    let id = s.submit_with("echo started; sleep 600", 0, Some(1), "busybox:1.36").await;
+    s.wait_for(id, "failed", s.within()).await;
+    let runs = s.executions(id).await;
+    assert_eq!(runs.len(), 1, "{kind:?}: {runs:?}");
+    assert_eq!(runs[0].3.as_deref(), Some("deadline_exceeded"), "{kind:?}: {runs:?}");
+    let (error,): (Option<String>,) =
+        sqlx::query_as("select error_message from tasks where id = $1").bind(id).fetch_one(&s.pool).await.unwrap();
+    assert!(error.as_deref().is_some_and(|e| e.starts_with("DeadlineExceeded")), "{kind:?}: {error:?}");
+    assert_eq!(s.reserved().await, Resources::ZERO, "{kind:?}");
+    s.finish().await;
+}
+
 macro_rules! suite {
     ($($case:ident),*) => {
         mod sim {
@@ -398,7 +419,12 @@ macro_rules! suite {
     };
 }
 
-suite!(happy_path, failures_are_retried_then_dead_lettered, a_stopped_task_leaves_nothing_running);
+suite!(
+    happy_path,
+    failures_are_retried_then_dead_lettered,
+    a_stopped_task_leaves_nothing_running,
+    an_attempt_past_its_timeout_fails_as_deadline_exceeded
+);
 
 /// An executor stopped while its task runs, and another started after the task ended: the
 /// new one finds the outcome from the cluster (the watch's initial list) and the rest of the

@@ -80,7 +80,8 @@ pub async fn write_log(client: &kube::Client, namespace: &str, pod: &str, text: 
 /// echo/sleep/exit (what busybox would do on a real cluster): Running, its echoes in the
 /// pod's log, then Succeeded or Failed with the exit code, and the Job's condition. An image
 /// under `registry.invalid/` cannot be pulled: the pod waits in ErrImagePull. A pod deleted
-/// meanwhile stops running.
+/// meanwhile stops running; one past the Job's activeDeadlineSeconds fails its Job
+/// (DeadlineExceeded) and is deleted, as the Job controller does.
 pub async fn kubelet(client: kube::Client) {
     let jobs: Api<Job> = Api::all(client.clone());
     let mut stream = watcher(jobs, watcher::Config::default().labels(berth_workers::job::SELECTOR)).boxed();
@@ -151,18 +152,42 @@ async fn run_pod(client: kube::Client, job: Job) {
     }
     let steps = sim::script(&container.command.unwrap_or_default(), &container.args.unwrap_or_default())
         .unwrap_or_else(|| vec![Step::Sleep(Duration::from_secs(3600))]);
+    // The Job controller's part: past activeDeadlineSeconds, the Job fails and its pod goes.
+    let deadline = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.active_deadline_seconds)
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64));
     let mut code = 0;
     for step in steps {
-        match step {
-            Step::Echo(text) => write_log(&client, &namespace, &pod_name, &format!("{text}\n"), false).await,
-            Step::Sleep(d) => tokio::time::sleep(d).await,
+        let slept = match step {
+            Step::Echo(text) => {
+                write_log(&client, &namespace, &pod_name, &format!("{text}\n"), false).await;
+                Duration::ZERO
+            }
+            Step::Sleep(d) => d,
             Step::Exit(c) => {
                 code = c;
                 break;
             }
-        }
-        if pods.get_opt(&pod_name).await.ok().flatten().is_none() {
-            return; // deleted: the container is gone with it
+        };
+        let until = tokio::time::Instant::now() + slept;
+        loop {
+            if pods.get_opt(&pod_name).await.ok().flatten().is_none() {
+                return; // deleted: the container is gone with it
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                let failed = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                    "message": "Job was active longer than specified deadline", "lastTransitionTime": now()}]});
+                let _ = jobs.patch_status(&name, &PatchParams::default(), &patch(failed)).await;
+                let _ = pods.delete(&pod_name, &Default::default()).await;
+                return;
+            }
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
         }
     }
     let (phase, reason, condition) =
