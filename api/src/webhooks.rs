@@ -79,6 +79,11 @@ pub fn check_url(raw: &str) -> Result<(), String> {
     if raw.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
+    // The parser would drop or escape them, but the URL is stored and called as given (and
+    // PostgreSQL's text cannot hold NUL).
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain spaces or control characters".into());
+    }
     let u = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(u.scheme(), "http" | "https") {
         return Err(format!("scheme must be http or https, not {:?}", u.scheme()));
@@ -146,9 +151,12 @@ async fn create(
         }
     };
     if let Some(d) = &req.description
-        && d.chars().count() > MAX_DESCRIPTION_LEN
+        && (d.chars().count() > MAX_DESCRIPTION_LEN || d.contains('\0'))
     {
-        errs.push(FieldError::new("description", format!("must be at most {MAX_DESCRIPTION_LEN} characters")));
+        errs.push(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters, without NUL"),
+        ));
     }
     if !errs.is_empty() {
         return Err(ApiError::invalid(errs));
@@ -329,6 +337,8 @@ mod tests {
             ("https://example.com/#frag", "fragment"),
             ("file:///etc/passwd", "scheme"),
             ("http://:80/x", "host"),
+            ("https://example.com/a\u{0}b", "control"),
+            (" https://example.com/", "spaces"),
         ] {
             let e = check_url(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

@@ -90,6 +90,8 @@ async fn bad_hooks_are_400_naming_the_field_and_write_nothing(pool: PgPool) {
         (json!({"url": "https://example.com/", "events": ["succeeded", "done"]}), "events[1]"),
         (json!({"url": "https://example.com/", "events": []}), "events"),
         (json!({"url": "https://example.com/", "description": "x".repeat(1001)}), "description"),
+        (json!({"url": "https://example.com/", "description": "a\u{0}b"}), "description"),
+        (json!({"url": "https://example.com/\u{0}"}), "url"),
         (json!({"url": "https://example.com/", "secret": "mine"}), "secret"),
         (json!({"url": 7}), "url"),
         (json!({}), "url"),

@@ -62,8 +62,13 @@ use apalis::prelude::*;
 use apalis_redis::{Config as ApalisConfig, RedisStorage};
 use berth_core::config::WebhooksConfig;
 use berth_queue::{Queue, QueueError, TaskEvent};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::PgPool;
@@ -103,8 +108,6 @@ pub enum NotifierError {
     Queue(#[from] QueueError),
     #[error("apalis: {0}")]
     Apalis(String),
-    #[error("http client: {0}")]
-    Http(#[from] reqwest::Error),
 }
 
 /// The apalis-redis storage of deliveries, in `queue`'s partition, configured around its
@@ -184,16 +187,31 @@ fn due_after(wait: Duration) -> u64 {
     (now + wait).as_secs_f64().ceil() as u64
 }
 
-/// The HTTP client: the call's timeout, no redirects, rustls with ring and the platform's roots.
-pub fn http_client(config: &WebhooksConfig) -> Result<reqwest::Client, NotifierError> {
-    // reqwest is built without a bundled provider (kube brings ring); install it once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+/// The HTTP client of webhook calls.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The HTTP client: HTTP/1.1, rustls on ring with the system's root certificates (none if
+/// the system has none: https hooks then fail their calls, http ones still work). It never
+/// follows redirects; the call's timeout is applied around each call.
+pub fn http_client(config: &WebhooksConfig) -> HttpClient {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(5))));
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system root certificates; https webhooks cannot be verified and will fail");
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
+        }
+    };
+    let https = builder.https_or_http().enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// What a job needs, shared by the worker's concurrent jobs.
@@ -201,7 +219,7 @@ pub fn http_client(config: &WebhooksConfig) -> Result<reqwest::Client, NotifierE
 pub struct Deliverer {
     pool: PgPool,
     storage: RedisStorage<DeliveryJob>,
-    client: reqwest::Client,
+    client: HttpClient,
     config: WebhooksConfig,
 }
 
@@ -212,42 +230,53 @@ enum Outcome {
 }
 
 impl Deliverer {
-    pub fn new(
-        pool: PgPool,
-        storage: RedisStorage<DeliveryJob>,
-        config: WebhooksConfig,
-    ) -> Result<Self, NotifierError> {
-        Ok(Deliverer { pool, storage, client: http_client(&config)?, config })
+    pub fn new(pool: PgPool, storage: RedisStorage<DeliveryJob>, config: WebhooksConfig) -> Self {
+        Deliverer { pool, storage, client: http_client(&config), config }
     }
 
     async fn call(&self, url: &str, secret: &str, body: &str, event_id: &str, id: Uuid, attempt: u32) -> Outcome {
-        let sent = self
-            .client
-            .post(url)
+        match tokio::time::timeout(self.config.timeout, self.try_call(url, secret, body, event_id, id, attempt)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed { code: None, error: format!("timed out after {:?}", self.config.timeout) },
+        }
+    }
+
+    async fn try_call(&self, url: &str, secret: &str, body: &str, event_id: &str, id: Uuid, attempt: u32) -> Outcome {
+        let failed = |error: String| Outcome::Failed { code: None, error };
+        let uri: http::Uri = match url.parse() {
+            Ok(u) => u,
+            Err(e) => return failed(format!("invalid URL: {e}")),
+        };
+        let req = http::Request::post(uri)
             .header("content-type", "application/json")
+            .header("user-agent", concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
             .header("x-berth-event-id", event_id)
             .header("x-berth-delivery-id", id.to_string())
             .header("x-berth-delivery-attempt", attempt.to_string())
             .header("x-berth-signature", signature(secret, unix_now(), body))
-            .body(body.to_owned())
-            .send()
-            .await;
-        let mut resp = match sent {
+            .body(Full::new(Bytes::from(body.to_owned())));
+        let req = match req {
             Ok(r) => r,
-            Err(e) => {
-                let what = if e.is_timeout() { "timed out" } else { "request failed" };
-                return Outcome::Failed { code: None, error: format!("{what}: {e}") };
-            }
+            Err(e) => return failed(format!("invalid request: {e}")),
+        };
+        let resp = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => return failed(format!("request failed: {e:#}")),
         };
         let code = resp.status().as_u16();
         if resp.status().is_success() {
             return Outcome::Delivered(code);
         }
         // The start of the answer, for the operator; never more, whatever the server sends.
+        let mut body = resp.into_body();
         let mut start = Vec::new();
         while start.len() < ERROR_BODY_BYTES {
-            match resp.chunk().await {
-                Ok(Some(c)) => start.extend_from_slice(&c),
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        start.extend_from_slice(data);
+                    }
+                }
                 _ => break,
             }
         }
@@ -540,7 +569,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NotifierError> {
     let storage = storage(&queue, &config).await?;
-    let deliverer = Arc::new(Deliverer::new(pool.clone(), storage.clone(), config.clone())?);
+    let deliverer = Arc::new(Deliverer::new(pool.clone(), storage.clone(), config.clone()));
     let fanout = FanOut::new(pool, queue, storage.clone(), config.clone(), format!("webhooks-{name}"));
     let concurrency = config.concurrency;
     let worker_name = format!("webhooks-{name}");
