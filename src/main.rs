@@ -377,7 +377,20 @@ async fn run_executor(
         config.executor.reconcile_interval,
         shutdown_future(stop_rx),
     ));
+    // Webhook delivery runs beside the executor; its failure never stops task execution.
+    let notifier = config.webhooks.enabled.then(|| {
+        let (config, pool, queue, name) = (config.webhooks.clone(), pool.clone(), queue.clone(), name.clone());
+        let stop = shutdown_future(stop_rx);
+        tokio::spawn(async move {
+            if let Err(e) = berth_workers::webhooks::run(config, pool, queue, name, stop).await {
+                warn!(error = %e, "the webhook notifier stopped; webhooks are not delivered by this executor");
+            }
+        })
+    });
     berth_workers::executor::run(config.executor.clone(), pool, queue, cluster, name, shutdown_future(stop_rx)).await?;
+    if let Some(n) = notifier {
+        let _ = n.await;
+    }
     let _ = volumes.await;
     let _ = publisher.await;
     let _ = reconciler.await;

@@ -11,6 +11,7 @@
 //! - [`users`]: a tenant's users (tenant admins; platform admins for any tenant).
 //! - [`volumes`]: a tenant's persistent volumes.
 //! - [`events`]: `GET /v1/events`, Server-Sent Events of the tenant's task changes.
+//! - [`webhooks`]: a tenant's webhooks (tenant admins); delivery is the executors' notifier.
 //! - [`metrics`]: `/metrics` for Prometheus, and the request counter every route passes.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`openapi`]: `/openapi.json` from the handlers' annotations, Swagger UI at `/docs`.
@@ -33,6 +34,7 @@ pub mod tasks;
 pub mod tenants;
 pub mod users;
 pub mod volumes;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -97,6 +99,7 @@ pub fn router(state: AppState) -> Router {
                 .merge(users::router())
                 .merge(volumes::router())
                 .merge(events::router())
+                .merge(webhooks::router())
                 .merge(admin::router()),
         )
         // After routing, so the middleware sees which route matched.

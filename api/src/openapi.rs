@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use crate::rbac::{Access, access_of};
-use crate::{admin, auth, events, health, metrics, tasks, tenants, users, volumes};
+use crate::{admin, auth, events, health, metrics, tasks, tenants, users, volumes, webhooks};
 use serde_json::Value;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -42,6 +42,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         tenants::create, tenants::list, tenants::get_one, tenants::update, tenants::delete,
         tenants::get_quotas, tenants::put_quotas,
         users::create, users::list, users::get_one, users::update, users::delete,
+        webhooks::create, webhooks::list, webhooks::remove, webhooks::deliveries,
         admin::policy,
     ),
     components(schemas(
@@ -55,6 +56,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "Volumes", description = "A tenant's persistent volumes."),
         (name = "Tenants", description = "Tenants and their quotas (platform admins)."),
         (name = "Users", description = "A tenant's users (tenant admins)."),
+        (name = "Webhooks", description = "A tenant's webhooks: signed task events POSTed to its URLs (tenant admins)."),
         (name = "Operations", description = "Health, readiness, metrics."),
     ),
 )]
@@ -126,6 +128,9 @@ envelopes! {
     UserResponse, UserList => auth::UserView;
     VolumeResponse, VolumeList => volumes::Volume;
     DeadLetterResponse, DeadLetterList => tasks::DeadLetter;
+    WebhookResponse, WebhookList => webhooks::Webhook;
+    CreatedWebhookResponse, CreatedWebhookList => webhooks::CreatedWebhook;
+    DeliveryResponse, DeliveryList => webhooks::Delivery;
 }
 
 /// A task as the API returns it: the seed's Task, and for a pending task its place in the

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | viewer | read their tenant |
 //! | user | also create, stop and delete their own tasks and volumes |
-//! | admin | also manage the tenant's users and all its tasks |
+//! | admin | also manage the tenant's users, webhooks and all its tasks |
 //! | platform admin (an admin of the `system` tenant) | also manage tenants, quotas and policies |
 
 use axum::extract::{MatchedPath, Request, State};
@@ -75,6 +75,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/users/{id}", Access::TenantAdmin),
     ("PATCH", "/v1/users/{id}", Access::TenantAdmin),
     ("DELETE", "/v1/users/{id}", Access::TenantAdmin),
+    // Admins only, the list included: a hook's URL may carry a token (see webhooks.rs).
+    ("POST", "/v1/webhooks", Access::TenantAdmin),
+    ("GET", "/v1/webhooks", Access::TenantAdmin),
+    ("DELETE", "/v1/webhooks/{id}", Access::TenantAdmin),
+    ("GET", "/v1/webhooks/{id}/deliveries", Access::TenantAdmin),
     ("GET", "/v1/admin/policy", Access::PlatformAdmin),
 ];
 

@@ -62,6 +62,7 @@ pub struct Config {
     pub bootstrap: BootstrapConfig,
     pub scheduler: SchedulerConfig,
     pub executor: ExecutorConfig,
+    pub webhooks: WebhooksConfig,
     pub cluster: ClusterConfig,
     pub dev: DevConfig,
     pub log: LogConfig,
@@ -70,8 +71,20 @@ pub struct Config {
 
 /// Sections that environment variables may set; other `BERTH_…` variables (such as
 /// `BERTH_CONFIG` or test switches) are not configuration and are ignored.
-const SECTIONS: [&str; 11] =
-    ["database", "redis", "api", "auth", "bootstrap", "scheduler", "executor", "cluster", "dev", "log", "metrics"];
+const SECTIONS: [&str; 12] = [
+    "database",
+    "redis",
+    "api",
+    "auth",
+    "bootstrap",
+    "scheduler",
+    "executor",
+    "webhooks",
+    "cluster",
+    "dev",
+    "log",
+    "metrics",
+];
 
 /// Where the roles without an API (`berth scheduler`, `berth executor`) serve `/metrics`
 /// and `/healthz`; the API serves its own on `api.listen`.
@@ -478,6 +491,94 @@ impl RetryConfig {
         let capped = exp.min(self.cap.as_secs_f64());
         let factor = 1.0 + self.jitter * (2.0 * u - 1.0);
         Duration::from_secs_f64((capped * factor).max(0.0))
+    }
+}
+
+/// Webhook delivery (`workers/src/webhooks.rs`): the notifier every executor runs beside it,
+/// and the API's limits on registering hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// true: executors deliver webhooks. With false, events still reach the stream (and SSE),
+    /// hooks can still be registered, and nothing is sent until an executor runs with true;
+    /// events older than the stream's cap are lost by then.
+    pub enabled: bool,
+    /// 8: calls per delivery, the first included, before it is recorded as failed. Ours, not
+    /// apalis-redis's (which would retry 25 times whatever it is told).
+    pub max_attempts: u32,
+    /// 10s: the wait after the first failed call; each further failure doubles it. At least
+    /// 1s: apalis-redis schedules in whole seconds, so waits are rounded up to one.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// 1h: no wait between two calls is longer.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// 10s: one call's whole time (connect, send, response headers and body); longer is a
+    /// failed attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// 16: calls in flight at once per executor process.
+    pub concurrency: usize,
+    /// 4,000: deliveries waiting in apalis-redis (due or scheduled) above which the notifier
+    /// stops reading new events until they drain. apalis-redis's fetch fails for good once
+    /// more than about 8,000 are due at once, so at most 7,000.
+    pub max_backlog: usize,
+    /// 20: hooks a tenant may register; each event fans out to all of them.
+    pub max_per_tenant: u32,
+    /// 7 days: finished deliveries (delivered or failed) are deleted after this.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            enabled: true,
+            max_attempts: 8,
+            backoff_base: Duration::from_secs(10),
+            backoff_cap: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            concurrency: 16,
+            max_backlog: 4000,
+            max_per_tenant: 20,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The wait after failed call number `attempt` (1 = the first call):
+    /// `min(cap, base × 2^(attempt − 1))`, rounded up to whole seconds.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.backoff_base.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        Duration::from_secs(exp.min(self.backoff_cap.as_secs_f64()).ceil() as u64)
+    }
+
+    fn validate(&self, bad: &mut impl FnMut(String, String)) {
+        if !(1..=50).contains(&self.max_attempts) {
+            bad("webhooks.max_attempts".into(), "must be between 1 and 50".into());
+        }
+        if self.backoff_base < Duration::from_secs(1) {
+            bad("webhooks.backoff_base".into(), "must be at least 1s (apalis-redis schedules in whole seconds)".into());
+        }
+        if self.backoff_cap < self.backoff_base {
+            bad("webhooks.backoff_cap".into(), "must be at least webhooks.backoff_base".into());
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(300) {
+            bad("webhooks.timeout".into(), "must be between 100ms and 5m".into());
+        }
+        if !(1..=1000).contains(&self.concurrency) {
+            bad("webhooks.concurrency".into(), "must be between 1 and 1000".into());
+        }
+        if !(1..=7000).contains(&self.max_backlog) {
+            bad("webhooks.max_backlog".into(), "must be between 1 and 7000".into());
+        }
+        if !(1..=1000).contains(&self.max_per_tenant) {
+            bad("webhooks.max_per_tenant".into(), "must be between 1 and 1000".into());
+        }
+        if self.retention < Duration::from_secs(60) {
+            bad("webhooks.retention".into(), "must be at least 1m".into());
+        }
     }
 }
 
@@ -930,6 +1031,7 @@ impl Config {
                 bad(at("limit"), "must be at most 100".into());
             }
         }
+        self.webhooks.validate(&mut bad);
         let c = &self.cluster;
         if c.kind == ClusterKind::Simulated && c.nodes.is_empty() {
             bad("cluster.nodes".into(), "the simulated cluster needs at least one node".into());
@@ -1241,6 +1343,24 @@ mod tests {
         assert_eq!(paths(e), vec!["executor.failures.exit_code.limit"]);
         let e = Config::from_toml_str("[executor.failures.node_lots]\nlimit = 1\n").unwrap_err();
         assert_eq!(paths(e), vec!["executor.failures.node_lots"]);
+    }
+
+    #[test]
+    fn webhooks_back_off_exponentially_to_the_cap_and_bad_values_name_the_key() {
+        let c = Config::from_toml_str("[webhooks]\nbackoff_base = \"2s\"\nbackoff_cap = \"10s\"\n").unwrap();
+        let waits: Vec<u64> = (1..=5).map(|a| c.webhooks.backoff(a).as_secs()).collect();
+        assert_eq!(waits, vec![2, 4, 8, 10, 10]);
+        // Whole seconds, rounded up, because apalis-redis schedules in seconds.
+        let w = WebhooksConfig { backoff_base: Duration::from_millis(1500), ..WebhooksConfig::default() };
+        assert_eq!(w.backoff(1), Duration::from_secs(2));
+        let e = Config::from_toml_str(
+            "[webhooks]\nmax_attempts = 0\nbackoff_base = \"500ms\"\nmax_backlog = 9000\nconcurency = 3\n",
+        )
+        .unwrap_err();
+        assert_eq!(paths(e), vec!["webhooks.concurency"]);
+        let e = Config::from_toml_str("[webhooks]\nmax_attempts = 0\nbackoff_base = \"500ms\"\nmax_backlog = 9000\n")
+            .unwrap_err();
+        assert_eq!(paths(e), vec!["webhooks.max_attempts", "webhooks.backoff_base", "webhooks.max_backlog"]);
     }
 
     #[test]

@@ -119,6 +119,12 @@ impl Keys {
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
     }
+    /// The apalis-redis namespace of webhook deliveries: apalis names its keys
+    /// `<this>:active`, `<this>:scheduled`, …, so they share the partition's hash tag and
+    /// [`crate::Queue::purge`] removes them with the rest.
+    pub fn webhook_jobs(&self) -> String {
+        format!("{}webhooks", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ use crate::scripts::SCRIPTS;
 
 /// The consumer group every executor reads bindings through.
 pub const EXECUTOR_GROUP: &str = "executors";
+/// The consumer group the webhook notifiers read task events through: each event is handled
+/// by one notifier, whichever executor process runs it.
+pub const NOTIFIER_GROUP: &str = "notifiers";
 /// Events kept in the stream (approximately): enough for SSE clients and webhooks to catch up
 /// after a short disconnect, bounded so the stream never grows without limit.
 pub const EVENTS_MAXLEN: usize = 100_000;
@@ -950,6 +953,89 @@ impl Queue {
             .arg(event.tenant_id.to_string())
             .arg("event")
             .arg(body)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the notifiers' consumer group on the event stream if it does not exist yet.
+    /// It starts at the stream's end: events from before the first notifier ever ran are
+    /// not delivered (there were no deliveries promised for them).
+    pub async fn ensure_event_group(&self) -> Result<(), QueueError> {
+        let r: Result<String, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.events())
+            .arg(NOTIFIER_GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Events for notifier `consumer`: with `from` = `">"` new ones, waiting up to `block`
+    /// (use a [`Queue::dedicated`] handle); with `"0"` those it read before and has not
+    /// acknowledged, at once. Each is (stream id, tenant id, event JSON); they stay pending
+    /// in the group until [`Queue::ack_events`].
+    pub async fn read_event_group(
+        &self,
+        consumer: &str,
+        from: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(String, String, String)>, QueueError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(NOTIFIER_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(ms(block))
+            .arg("STREAMS")
+            .arg(self.keys.events())
+            .arg(from)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(event_entry).collect()).unwrap_or_default())
+    }
+
+    /// Takes over events another notifier read but did not acknowledge within `min_idle`
+    /// (it died). Pass `"0-0"` first, then the cursor each call returns.
+    pub async fn reclaim_events(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+        cursor: &str,
+    ) -> Result<(Vec<(String, String, String)>, String), QueueError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys.events())
+            .arg(NOTIFIER_GROUP)
+            .arg(consumer)
+            .arg(ms(min_idle))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((reply.claimed.into_iter().map(event_entry).collect(), reply.next_stream_id))
+    }
+
+    /// Acknowledges handled events in the notifiers' group. They stay in the stream, which
+    /// SSE clients read too; its cap trims them.
+    pub async fn ack_events(&self, ids: &[String]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("XACK")
+            .arg(self.keys.events())
+            .arg(NOTIFIER_GROUP)
+            .arg(ids)
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(())

@@ -10,6 +10,8 @@
 //! - [`nodes`]: the node publisher, keeping the Redis ledger's capacity in step with the cluster.
 //! - [`volumes`]: the volume syncer: claims for new volumes, their phase into PostgreSQL.
 //! - [`reconciler`]: enqueues pending tasks that Redis does not know (PostgreSQL is the truth).
+//! - [`webhooks`]: the notifier: task events to the tenants' webhooks, signed, retried with
+//!   backoff, delivered through apalis-redis.
 //!
 //! Start at [`executor::run`].
 
@@ -21,6 +23,7 @@ pub mod nodes;
 pub mod reconciler;
 pub mod sim;
 pub mod volumes;
+pub mod webhooks;
 
 pub use cluster::{Cluster, ClusterError, JobEvent, JobPhase, JobRequest, JobVolume, VolumePhase, VolumeRequest};
 pub use sim::SimCluster;
