@@ -127,6 +127,7 @@ async fn create(
     write_limits(&mut tx, tenant.id, &limits).await?;
     tx.commit().await?;
     tracing::info!(tenant = %tenant.name, "tenant created");
+    announce(&s, tenant.id).await;
     // The reconciler copies weights from PostgreSQL on its next pass should this fail.
     if let Err(e) = s.queue.set_weight(&tenant.name, tenant.weight.max(1) as u32).await {
         tracing::warn!(tenant = %tenant.name, error = %e, "could not publish the fair-share weight; the reconciler will");
@@ -379,5 +380,15 @@ async fn put_quotas(
     let mut tx = s.pool.begin().await?;
     write_limits(&mut tx, t.id, &limits).await?;
     tx.commit().await?;
+    announce(&s, t.id).await;
     Ok(Json(json!({ "data": quota_view(&s.pool, t.id).await?, "message": "Quotas updated successfully" })))
+}
+
+/// Tells the executors a tenant's namespace needs ensuring (created, or its ResourceQuota
+/// changed). Should it fail, the namespace is still ensured before the tenant's next task
+/// reaches an executor that has not ensured it yet.
+async fn announce(s: &AppState, tenant: Uuid) {
+    if let Err(e) = s.queue.publish_tenant_change(tenant).await {
+        tracing::warn!(%tenant, error = %e, "could not tell the executors about a tenant change");
+    }
 }

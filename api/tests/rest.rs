@@ -107,6 +107,11 @@ async fn tenants_are_created_listed_updated_and_deleted_by_the_platform_admin(po
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["data"]["memory"]["hard"], "64Gi");
     assert_eq!(v["data"]["cpu"]["hard"], Value::Null, "PUT replaces the whole document");
+    // The executors hear of the creation and of the quota change (to ensure the namespace and
+    // its ResourceQuota); the refused requests said nothing.
+    let changes = a.queue.read_tenant_changes("0", std::time::Duration::from_millis(10)).await.unwrap();
+    let tenant: Uuid = id.parse().unwrap();
+    assert_eq!(changes.iter().map(|c| c.1).collect::<Vec<_>>(), [tenant, tenant]);
     let (s, v) =
         a.call("PATCH", &format!("/v1/tenants/{id}"), Some(&root), Some(r#"{"weight": 5, "description": "d"}"#)).await;
     assert_eq!((s, v["data"]["weight"].clone()), (StatusCode::OK, json!(5)));

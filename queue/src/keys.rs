@@ -115,6 +115,11 @@ impl Keys {
     pub fn log_lines(&self, task: Uuid) -> String {
         format!("{}logn:{task}", self.prefix)
     }
+    /// Stream: tenants created or whose quota changed (`tenant` = id), capped; the executors
+    /// bring the tenant's namespace up to date.
+    pub fn tenant_changes(&self) -> String {
+        format!("{}tenants:changed", self.prefix)
+    }
     /// Stream: task state changes, capped.
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
@@ -160,6 +165,7 @@ mod tests {
             k.rate("x"),
             k.logs(id),
             k.log_lines(id),
+            k.tenant_changes(),
         ] {
             assert!(key.starts_with("berth:{p1}:"), "{key}");
         }

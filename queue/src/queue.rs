@@ -1132,6 +1132,47 @@ impl Queue {
         Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(event_entry).collect()).unwrap_or_default())
     }
 
+    /// Says a tenant was created or its quota changed, for the executors to bring its
+    /// namespace up to date. Best effort: an executor also ensures a namespace before the
+    /// first Job it creates in it.
+    pub async fn publish_tenant_change(&self, tenant: Uuid) -> Result<(), QueueError> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.tenant_changes())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("tenant")
+            .arg(tenant.to_string())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Tenant changes after stream id `after` (`"$"`: only new ones), waiting up to `block`:
+    /// (entry id, tenant id); use on a [`Queue::dedicated`] handle.
+    pub async fn read_tenant_changes(&self, after: &str, block: Duration) -> Result<Vec<(String, Uuid)>, QueueError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(256)
+            .arg("BLOCK")
+            .arg(ms(block))
+            .arg("STREAMS")
+            .arg(self.keys.tenant_changes())
+            .arg(after)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .filter_map(|e| Some((e.id.clone(), e.get::<String>("tenant")?.parse().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// The id of the newest event, or `"0-0"` for an empty stream: where a follower starts so
     /// that nothing appended after this call is missed.
     pub async fn last_event_id(&self) -> Result<String, QueueError> {

@@ -46,6 +46,9 @@ const READ_BATCH: usize = 64;
 /// How long one blocking read waits for new bindings; bounds how fast shutdown is noticed.
 const READ_BLOCK: Duration = Duration::from_secs(1);
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How long an ensured namespace is taken as up to date: a tenant change whose notice was
+/// lost reaches the cluster within this.
+const NAMESPACE_RESYNC: Duration = Duration::from_secs(600);
 
 pub struct Executor {
     pool: PgPool,
@@ -53,8 +56,9 @@ pub struct Executor {
     cluster: Arc<dyn Cluster>,
     config: ExecutorConfig,
     consumer: String,
-    /// Tenant namespaces this process has ensured (once per process, before a first Job).
-    namespaces: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Tenant namespaces this process has ensured, and when: ensured again before a Job
+    /// once [`NAMESPACE_RESYNC`] has passed, and at once on a tenant change.
+    namespaces: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
 }
 
 /// The task fields an attempt needs.
@@ -157,13 +161,15 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let bindings = tokio::spawn(executor.clone().binding_loop(stop_rx.clone()));
     let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx.clone()));
-    let cancels = tokio::spawn(executor.clone().cancel_loop(stop_rx));
+    let cancels = tokio::spawn(executor.clone().cancel_loop(stop_rx.clone()));
+    let tenants = tokio::spawn(executor.clone().tenant_loop(stop_rx));
     info!(consumer = %executor.consumer, "executor started");
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = bindings.await;
     let _ = outcomes.await;
     let _ = cancels.await;
+    let _ = tenants.await;
     info!(consumer = %executor.consumer, "executor stopped");
     Ok(())
 }
@@ -293,6 +299,30 @@ impl Executor {
         }
     }
 
+    /// Follows tenant changes (created, quota changed) and ensures the tenant's namespace at
+    /// once, so that its ResourceQuota follows the tenant's quota.
+    async fn tenant_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(reader) = self.dedicated_connection(&mut stop).await else { return };
+        let mut last = "$".to_string();
+        while !*stop.borrow() {
+            match reader.read_tenant_changes(&last, READ_BLOCK).await {
+                Ok(batch) => {
+                    for (id, tenant) in batch {
+                        last = id;
+                        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
+                        if let Err(e) = self.ensure_namespace(tenant).await {
+                            warn!(%tenant, error = %e, "ensuring a changed tenant's namespace failed; its next task retries");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading tenant changes failed");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
     /// Records the attempt, creates its Job. Safe to repeat.
     pub async fn handle_binding(&self, b: &Binding) -> Result<(), ExecutorError> {
         let row: Option<TaskRow> = sqlx::query_as(
@@ -360,7 +390,7 @@ impl Executor {
         if status == TaskStatus::Running {
             return Ok(());
         }
-        match self.ensure_namespace(tenant_id, &job.namespace).await {
+        match self.ensure_namespace(tenant_id).await {
             Ok(()) => {}
             // The cluster refused: the attempt fails (and is retried with backoff). A database
             // error is this process's problem: the binding stays unacknowledged.
@@ -380,32 +410,44 @@ impl Executor {
         Ok(())
     }
 
-    /// The tenant's namespace, with its quota, before the first Job this process creates in it.
-    async fn ensure_namespace(&self, tenant_id: Uuid, namespace: &str) -> Result<(), ExecutorError> {
-        if self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).contains(&tenant_id) {
+    /// The tenant's namespace, with its quota, unless this process ensured it within
+    /// [`NAMESPACE_RESYNC`]. A tenant that no longer exists is left alone.
+    async fn ensure_namespace(&self, tenant_id: Uuid) -> Result<(), ExecutorError> {
+        let fresh = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&tenant_id)
+            .is_some_and(|at| at.elapsed() < NAMESPACE_RESYNC);
+        if fresh {
             return Ok(());
         }
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
             "select n.name, q.resource_type, q.hard_limit from tenants n
-             join resource_quotas q on q.tenant_id = n.id where n.id = $1",
+             left join resource_quotas q on q.tenant_id = n.id where n.id = $1",
         )
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await?;
+        let Some(name) = rows.first().map(|r| r.0.clone()) else { return Ok(()) };
         // The largest bigint is "unlimited" (migration 0003).
         let limit = |kind: &str| {
-            rows.iter().find(|r| r.1 == kind).map(|r| r.2).filter(|v| *v != i64::MAX).map(|v| v.max(0) as u64)
+            rows.iter()
+                .find(|r| r.1.as_deref() == Some(kind))
+                .and_then(|r| r.2)
+                .filter(|v| *v != i64::MAX)
+                .map(|v| v.max(0) as u64)
         };
         let request = NamespaceRequest {
-            namespace: namespace.to_owned(),
-            tenant: rows.first().map(|r| r.0.clone()).unwrap_or_default(),
+            namespace: JobRequest::namespace_for(&name),
+            tenant: name,
             tenant_id,
             cpu_millis: limit("cpu"),
             memory_bytes: limit("memory"),
             gpu: limit("gpu"),
         };
         self.cluster.ensure_namespace(&request).await?;
-        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant_id);
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant_id, tokio::time::Instant::now());
         Ok(())
     }
 

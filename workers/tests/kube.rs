@@ -646,3 +646,83 @@ async fn the_permissions_are_exactly_the_verbs_the_code_uses() {
         .collect();
     assert_eq!(used, granted, "k8s::PERMISSIONS against what the code was seen to do");
 }
+
+/// A tenant created, then its quota changed: each change reaches the tenant's namespace and
+/// ResourceQuota at once, before any task of the tenant runs.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_tenant_change_reaches_its_namespace_and_quota(pool: sqlx::PgPool) {
+    let emu = Emulator::start();
+    let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let partition = format!("test-{}", Uuid::new_v4().simple());
+    let queue = berth_queue::Queue::connect(&url, &partition).await.expect("Redis (make services)");
+    let cluster = std::sync::Arc::new(KubeCluster::new(emu.client()));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let executor = tokio::spawn(berth_workers::executor::run(
+        Default::default(),
+        pool.clone(),
+        queue.clone(),
+        cluster,
+        "test-executor".into(),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await; // it follows tenant changes
+    // What the API's tenant creation does: PostgreSQL, then the notice.
+    let (tenant,): (Uuid,) =
+        sqlx::query_as("insert into tenants (name, display_name) values ('acme', 'Acme') returning id")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "insert into resource_quotas (tenant_id, resource_type, hard_limit, used_amount) values ($1, 'cpu', 16000, 0)",
+    )
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    queue.publish_tenant_change(tenant).await.unwrap();
+    let quotas: Api<ResourceQuota> = Api::namespaced(emu.client(), "tenant-acme");
+    let hard = async || {
+        quotas
+            .get_opt("compute-platform-quota")
+            .await
+            .unwrap()
+            .and_then(|q| q.spec)
+            .and_then(|s| s.hard)
+            .map(|h| serde_json::to_value(h).unwrap())
+    };
+    let wait_for = async |want: serde_json::Value| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = hard().await;
+            if now.as_ref() == Some(&want) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "quota is {now:?}, not {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(json!({"requests.cpu": "16"})).await;
+    assert!(Api::<Namespace>::all(emu.client()).get_opt("tenant-acme").await.unwrap().is_some());
+
+    // The quota changes: cpu down, memory limited.
+    sqlx::query("update resource_quotas set hard_limit = 8000 where tenant_id = $1 and resource_type = 'cpu'")
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into resource_quotas (tenant_id, resource_type, hard_limit, used_amount) values ($1, 'memory', $2, 0)",
+    )
+    .bind(tenant)
+    .bind(4i64 << 30)
+    .execute(&pool)
+    .await
+    .unwrap();
+    queue.publish_tenant_change(tenant).await.unwrap();
+    wait_for(json!({"requests.cpu": "8", "requests.memory": "4Gi"})).await;
+    stop_tx.send(true).unwrap();
+    executor.await.unwrap().unwrap();
+    berth_queue::Queue::purge_blocking(&url, &partition);
+}
