@@ -310,7 +310,8 @@ async fn run(role: Role, config: Config, path: Option<PathBuf>) -> Result<()> {
                     )?;
                     Arc::new(
                         berth_workers::k8s::KubeCluster::new(client)
-                            .with_image_pull_grace(config.cluster.image_pull_grace),
+                            .with_image_pull_grace(config.cluster.image_pull_grace)
+                            .with_node_lost_grace(config.cluster.node_lost_grace),
                     )
                 }
             };

@@ -697,6 +697,12 @@ pub struct ClusterConfig {
     /// within it; a wrong image name does not.
     #[serde(with = "humantime_serde")]
     pub image_pull_grace: Duration,
+    /// 5m (`kubernetes` only; Kubernetes' own NoExecute toleration): how long a node may be
+    /// NotReady before the attempts running on it count as lost (retried elsewhere, their
+    /// Jobs deleted). It gets no new tasks from the first moment. A deleted node's attempts
+    /// are lost at once.
+    #[serde(with = "humantime_serde")]
+    pub node_lost_grace: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -716,6 +722,7 @@ impl Default for ClusterConfig {
             default_duration: Duration::from_secs(3),
             start_delay: Duration::from_millis(100),
             image_pull_grace: Duration::from_secs(120),
+            node_lost_grace: Duration::from_secs(300),
         }
     }
 }

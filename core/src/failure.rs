@@ -53,7 +53,24 @@ impl FailureClass {
         match reason {
             "OOMKilled" => FailureClass::OomKilled,
             "DeadlineExceeded" => FailureClass::DeadlineExceeded,
-            "Evicted" | "Preempting" | "Shutdown" | "Terminated" => FailureClass::Evicted,
+            // The kubelet or the control plane took the pod away (pressure, preemption, a
+            // taint, the eviction API, a node shutdown), or the kubelet refused to admit it
+            // (berth pins pods to a node, so kube-scheduler's own checks are not run first).
+            "Evicted"
+            | "Preempting"
+            | "Shutdown"
+            | "Terminated"
+            | "NodeShutdown"
+            | "TerminationByKubelet"
+            | "EvictionByEvictionAPI"
+            | "PreemptionByScheduler"
+            | "DeletionByTaintManager"
+            | "OutOfcpu"
+            | "OutOfmemory"
+            | "OutOfpods"
+            | "OutOfephemeral-storage"
+            | "NodeAffinity"
+            | "UnexpectedAdmissionError" => FailureClass::Evicted,
             "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" | "RegistryUnavailable" => {
                 FailureClass::ImagePull
             }
@@ -79,6 +96,8 @@ mod tests {
         assert_eq!(FailureClass::classify("OOMKilled"), FailureClass::OomKilled);
         assert_eq!(FailureClass::classify("DeadlineExceeded"), FailureClass::DeadlineExceeded);
         assert_eq!(FailureClass::classify("Evicted"), FailureClass::Evicted);
+        assert_eq!(FailureClass::classify("OutOfcpu"), FailureClass::Evicted, "refused at admission");
+        assert_eq!(FailureClass::classify("DeletionByTaintManager"), FailureClass::Evicted);
         assert_eq!(FailureClass::classify("ImagePullBackOff"), FailureClass::ImagePull);
         assert_eq!(FailureClass::classify("NodeLost"), FailureClass::NodeLost);
         assert_eq!(FailureClass::classify("JobCreateFailed"), FailureClass::Infrastructure);

@@ -153,6 +153,12 @@ pub trait Cluster: Send + Sync + 'static {
     async fn ensure_volume(&self, volume: &VolumeRequest) -> Result<VolumePhase, ClusterError>;
     /// Every node with the capacity berth may use (`requested` is ignored: the ledger owns it).
     async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError>;
+    /// Whether the Job of a task's attempt exists, as far as this cluster knows without
+    /// asking (None: it does not know, or cannot tell yet). The executor uses it to find
+    /// attempts whose Job vanished while nobody watched.
+    fn job_exists(&self, _task_id: Uuid, _attempt: u32) -> Option<bool> {
+        None
+    }
     /// Notified whenever the cluster's nodes (or what else holds their capacity) change, for
     /// clusters that watch them; None for one whose nodes never change (the simulated).
     /// The first call starts the watching.

@@ -49,6 +49,11 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// How long an ensured namespace is taken as up to date: a tenant change whose notice was
 /// lost reaches the cluster within this.
 const NAMESPACE_RESYNC: Duration = Duration::from_secs(600);
+/// How often live attempts are checked against the cluster's Jobs.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// An attempt this recent is the watch's business: its Job may not be listed yet, or its
+/// binding may still be redelivered to another executor (`claim_idle`, 60 s by default).
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(180);
 
 pub struct Executor {
     pool: PgPool,
@@ -162,7 +167,8 @@ pub async fn run(
     let bindings = tokio::spawn(executor.clone().binding_loop(stop_rx.clone()));
     let outcomes = tokio::spawn(executor.clone().event_loop(events, stop_rx.clone()));
     let cancels = tokio::spawn(executor.clone().cancel_loop(stop_rx.clone()));
-    let tenants = tokio::spawn(executor.clone().tenant_loop(stop_rx));
+    let tenants = tokio::spawn(executor.clone().tenant_loop(stop_rx.clone()));
+    let orphans = tokio::spawn(executor.clone().orphan_loop(stop_rx));
     info!(consumer = %executor.consumer, "executor started");
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -170,6 +176,7 @@ pub async fn run(
     let _ = outcomes.await;
     let _ = cancels.await;
     let _ = tenants.await;
+    let _ = orphans.await;
     info!(consumer = %executor.consumer, "executor stopped");
     Ok(())
 }
@@ -318,6 +325,51 @@ impl Executor {
                 Err(e) => {
                     warn!(error = %e, "reading tenant changes failed");
                     tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// Finds live attempts whose Job is gone though no watch said so (deleted while this
+    /// executor was down, or during a watch gap) and fails them as lost, every
+    /// [`ORPHAN_SWEEP`]. Only clusters that know their Jobs take part; attempts younger than
+    /// [`ORPHAN_MIN_AGE`] are left to the watch.
+    async fn orphan_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(ORPHAN_SWEEP) => {}
+            }
+            match self.sweep_orphans().await {
+                Ok(0) => {}
+                Ok(n) => info!(lost = n, "attempts whose Job vanished unseen were failed as lost"),
+                Err(e) => warn!(error = %e, "sweeping for vanished Jobs failed"),
+            }
+        }
+    }
+
+    /// One sweep of [`Executor::orphan_loop`]; returns how many attempts it failed.
+    pub async fn sweep_orphans(&self) -> Result<usize, ExecutorError> {
+        let mut after = Uuid::nil();
+        let mut lost = 0;
+        loop {
+            let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(
+                "select id, current_retry_count from tasks
+                 where status in ('scheduled', 'running') and updated_at < now() - $2::interval and id > $1
+                 order by id limit 1000",
+            )
+            .bind(after)
+            .bind(format!("{} seconds", ORPHAN_MIN_AGE.as_secs()))
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { return Ok(lost) };
+            after = last.0;
+            for (id, attempt) in rows {
+                let attempt = attempt.unwrap_or(0).max(0) as u32;
+                if self.cluster.job_exists(id, attempt) == Some(false) {
+                    let message = "its Job is gone, and no watch saw it go (deleted while no executor watched)";
+                    self.attempt_failed(id, attempt, None, "Deleted", message, Utc::now()).await?;
+                    lost += 1;
                 }
             }
         }

@@ -73,6 +73,10 @@ pub struct KubeCluster {
     tx: mpsc::UnboundedSender<JobEvent>,
     /// The node and pod reflectors, started by the first [`Cluster::node_changes`].
     nodes: OnceLock<watch::NodeCache>,
+    /// What the pod and Job watchers know of each attempt.
+    attempts: watch::Shared,
+    /// How long a NotReady node may stay so before its running attempts count as lost.
+    node_lost_grace: Duration,
 }
 
 fn api_error(e: &kube::Error) -> Option<&kube::core::Status> {
@@ -86,7 +90,23 @@ impl KubeCluster {
     pub fn new(client: kube::Client) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let image_pull_grace = berth_core::config::ClusterConfig::default().image_pull_grace;
-        KubeCluster { client, image_pull_grace, events: Mutex::new(Some(rx)), tx, nodes: OnceLock::new() }
+        let defaults = berth_core::config::ClusterConfig::default();
+        KubeCluster {
+            client,
+            image_pull_grace,
+            events: Mutex::new(Some(rx)),
+            tx,
+            nodes: OnceLock::new(),
+            attempts: Default::default(),
+            node_lost_grace: defaults.node_lost_grace,
+        }
+    }
+
+    /// How long a node may be NotReady before its running attempts count as lost
+    /// (`cluster.node_lost_grace`).
+    pub fn with_node_lost_grace(mut self, grace: Duration) -> Self {
+        self.node_lost_grace = grace;
+        self
     }
 
     /// How long a pod may fail to pull its image before its attempt fails
@@ -227,17 +247,33 @@ pub fn pod_event(pod: &Pod) -> Option<JobEvent> {
             at: status.start_time.as_ref().map_or(now, time),
         },
         "Succeeded" => JobPhase::Succeeded { at: finished },
-        "Failed" => JobPhase::Failed {
-            exit_code: terminated.map(|t| t.exit_code),
-            // The container's reason (OOMKilled, Error) before the pod's (Evicted,
-            // DeadlineExceeded), which names why the pod, not the process, ended.
-            reason: terminated
-                .and_then(|t| t.reason.clone())
-                .or_else(|| status.reason.clone())
-                .unwrap_or_else(|| "Failed".into()),
-            message: terminated.and_then(|t| t.message.clone()).or_else(|| status.message.clone()).unwrap_or_default(),
-            at: finished,
-        },
+        "Failed" => {
+            // Why the pod was taken away (a DisruptionTarget condition: preemption, a taint,
+            // the eviction API, the kubelet), or why it was evicted or refused (the pod's
+            // reason: Evicted, OutOfcpu, NodeAffinity), says more than its container's
+            // "Error" or exit 137 from being killed; an OOM kill is the container's own word.
+            let disruption = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True" && c.reason.is_some());
+            let oom = terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled");
+            let (reason, message) = match (disruption, status.reason.as_ref()) {
+                _ if oom => (None, None),
+                (Some(c), _) => (c.reason.clone(), c.message.clone()),
+                (None, Some(r)) => (Some(r.clone()), status.message.clone()),
+                (None, None) => (None, None),
+            };
+            JobPhase::Failed {
+                exit_code: terminated.map(|t| t.exit_code),
+                reason: reason.or_else(|| terminated.and_then(|t| t.reason.clone())).unwrap_or_else(|| "Failed".into()),
+                message: message
+                    .or_else(|| terminated.and_then(|t| t.message.clone()))
+                    .or_else(|| status.message.clone())
+                    .unwrap_or_default(),
+                at: finished,
+            }
+        }
         _ => return None,
     };
     Some(JobEvent { task_id, attempt, phase })
@@ -373,9 +409,9 @@ impl Cluster for KubeCluster {
 
     fn take_events(&self) -> Result<mpsc::UnboundedReceiver<JobEvent>, ClusterError> {
         let rx = self.events.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(ClusterError::EventsTaken)?;
-        let seen = watch::PodsSeen::default();
-        tokio::spawn(watch::pods(self.client.clone(), self.tx.clone(), self.image_pull_grace, seen.clone()));
-        tokio::spawn(watch::jobs(self.client.clone(), self.tx.clone(), seen));
+        let shared = self.attempts.clone();
+        tokio::spawn(watch::pods(self.client.clone(), self.tx.clone(), self.image_pull_grace, shared.clone()));
+        tokio::spawn(watch::jobs(self.client.clone(), self.tx.clone(), shared));
         Ok(rx)
     }
 
@@ -439,8 +475,14 @@ impl Cluster for KubeCluster {
         Ok(capacity(list.items.iter(), foreign.items.iter()))
     }
 
+    fn job_exists(&self, task_id: Uuid, attempt: u32) -> Option<bool> {
+        watch::lock(&self.attempts).job_exists((task_id, attempt))
+    }
+
     fn node_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
-        let cache = self.nodes.get_or_init(|| watch::NodeCache::start(self.client.clone(), self.tx.clone()));
+        let cache = self
+            .nodes
+            .get_or_init(|| watch::NodeCache::start(self.client.clone(), self.tx.clone(), self.node_lost_grace));
         Some(cache.changed.clone())
     }
 }
@@ -488,6 +530,24 @@ mod tests {
                 if reason == "Evicted" && message == "node low on memory"),
             "{evicted:?}"
         );
+        // An evicted or preempted pod's container was killed ("Error", 137): the pod's word wins.
+        let killed = json!([{"name": "task-container", "image": "x", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]);
+        let evicted = pod_event(&pod(json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory",
+            "containerStatuses": killed})))
+        .unwrap();
+        assert!(matches!(&evicted.phase, JobPhase::Failed { exit_code: Some(137), reason, .. } if reason == "Evicted"));
+        let preempted = pod_event(&pod(json!({"phase": "Failed", "containerStatuses": killed, "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted"}]})))
+        .unwrap();
+        assert!(
+            matches!(&preempted.phase, JobPhase::Failed { reason, message, .. }
+                if reason == "PreemptionByScheduler" && message == "preempted"),
+            "{preempted:?}"
+        );
+        // Refused by the kubelet at admission (berth pins pods, so this can happen).
+        let refused = pod_event(&pod(json!({"phase": "Failed", "reason": "OutOfcpu"}))).unwrap();
+        assert!(matches!(&refused.phase, JobPhase::Failed { reason, .. } if reason == "OutOfcpu"));
         // Not berth's pod: no event.
         let mut foreign = pod(json!({"phase": "Running"}));
         foreign.metadata.labels = None;

@@ -433,7 +433,7 @@ suite!(
 #[sqlx::test(migrations = "../migrations")]
 async fn an_executor_restarted_mid_run_catches_up_without_a_second_job(pool: PgPool) {
     let mut s = Suite::start(pool, Kind::Kube).await;
-    let id = s.submit("echo one; sleep 1.5; echo two", 2).await;
+    let id = s.submit("echo one; sleep 4; echo two", 2).await;
     s.wait_for(id, "running", s.within()).await;
     // The first line is in before the executor stops: the next one reads the log again.
     let deadline = Instant::now() + s.within();
@@ -443,7 +443,7 @@ async fn an_executor_restarted_mid_run_catches_up_without_a_second_job(pool: PgP
     }
     s.stop_executor().await;
     // The task ends while no executor watches.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(s.status(id).await, "running", "nobody recorded the end yet");
     s.start_executor();
     s.wait_for(id, "succeeded", s.within()).await;
@@ -455,5 +455,46 @@ async fn an_executor_restarted_mid_run_catches_up_without_a_second_job(pool: PgP
     let (lines, ended) = s.log(id).await;
     assert_eq!(lines, ["one", "two"], "each line once, though the log was read twice");
     assert!(ended);
+    s.finish().await;
+}
+
+/// A Job deleted while no executor watched: the next executor's sweep finds the attempt
+/// live in PostgreSQL with no Job, and fails it as lost (retried without counting).
+#[sqlx::test(migrations = "../migrations")]
+async fn a_job_deleted_while_no_executor_watched_is_found_and_its_attempt_lost(pool: PgPool) {
+    let mut s = Suite::start(pool, Kind::Kube).await;
+    let id = s.submit("echo one; sleep 600", 0).await;
+    s.wait_for(id, "running", s.within()).await;
+    s.stop_executor().await;
+    let (Backend::Emulated { client, .. } | Backend::Real(client)) = &s.backend else { unreachable!() };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &s.namespace());
+    jobs.delete(&format!("task-{id}-0"), &kube::api::DeleteParams::foreground()).await.unwrap();
+    // As if it had been running a while (the sweep leaves young attempts to the watch).
+    sqlx::query("update tasks set updated_at = now() - interval '10 minutes' where id = $1")
+        .bind(id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let cluster = Arc::new(KubeCluster::new(client.clone()));
+    let _events = cluster.take_events().unwrap();
+    let executor = berth_workers::executor::Executor::new(
+        ExecutorConfig::default(),
+        s.pool.clone(),
+        s.queue.clone(),
+        cluster.clone(),
+        "sweeper".into(),
+    );
+    let deadline = Instant::now() + s.within();
+    while cluster.job_exists(id, 0).is_none() {
+        assert!(Instant::now() < deadline, "the Job watcher never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(executor.sweep_orphans().await.unwrap(), 1);
+    assert_eq!(executor.sweep_orphans().await.unwrap(), 0, "once");
+    let runs = s.executions(id).await;
+    assert_eq!(runs[0].3.as_deref(), Some("node_lost"), "{runs:?}");
+    // Retried although max_retry_count is 0: a lost attempt does not count.
+    assert_eq!(runs.len(), 1);
+    assert!(["pending", "scheduled", "running"].contains(&s.status(id).await.as_str()));
     s.finish().await;
 }

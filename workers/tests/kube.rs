@@ -194,7 +194,7 @@ async fn pod_phases_arrive_as_job_events() {
     assert!(matches!(&e.phase, JobPhase::Failed { exit_code: None, reason, .. } if reason == "Deleted"), "{e:?}");
     pods.delete("p1", &Default::default()).await.unwrap();
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), events.recv()).await.is_err(),
+        tokio::time::timeout(berth_workers::k8s::LOST_GRACE * 2, events.recv()).await.is_err(),
         "a finished pod's deletion is no event"
     );
 }
@@ -466,7 +466,7 @@ async fn a_job_deleted_before_its_pod_existed_loses_its_attempt() {
     let mut events = cluster.take_events().unwrap();
     let req = request(0);
     cluster.create_job(&req).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watch has the Job
+    tokio::time::sleep(Duration::from_secs(1)).await; // the watch has the Job
     let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
     jobs.delete(&req.name, &Default::default()).await.unwrap();
     let e = next_event(&mut events, 10).await;
@@ -503,6 +503,31 @@ async fn a_job_past_its_deadline_fails_as_deadline_exceeded() {
             "both the Job's word and the pod's loss say DeadlineExceeded: {e:?}"
         );
     }
+
+    // The Job controller's own order: FailureTarget, then the pod killed ("Error", 143): the
+    // pod's failure is reported with the Job's reason.
+    let req = request(1);
+    cluster.create_job(&req).await.unwrap();
+    pods.create(&PostParams::default(), &pod_of(&req, "p1")).await.unwrap();
+    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    let target = json!({"status": {"conditions": [{"type": "FailureTarget", "status": "True",
+        "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}});
+    jobs.patch_status(&req.name, &PatchParams::default(), &Patch::Merge(target)).await.unwrap();
+    let killed = json!({"status": {"phase": "Failed", "containerStatuses": [{"name": "task-container", "image": "x",
+        "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 143, "reason": "Error"}}}]}});
+    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(killed)).await.unwrap();
+    for _ in 0..2 {
+        let e = next_event(&mut events, 10).await;
+        assert_eq!(e.attempt, 1);
+        assert!(
+            matches!(&e.phase, JobPhase::Failed { reason, .. } if reason == "DeadlineExceeded"),
+            "not an exit code: {e:?}"
+        );
+    }
 }
 
 /// A node that turns NotReady: within about a second the ledger has it unschedulable, and
@@ -511,7 +536,7 @@ async fn a_job_past_its_deadline_fails_as_deadline_exceeded() {
 async fn a_node_that_turns_not_ready_loses_its_running_attempts_within_a_second() {
     let emu = Emulator::start();
     emu.add_node("node-1", "8", "16Gi").await;
-    let cluster = std::sync::Arc::new(KubeCluster::new(emu.client()));
+    let cluster = std::sync::Arc::new(KubeCluster::new(emu.client()).with_node_lost_grace(Duration::from_millis(300)));
     let mut events = cluster.take_events().unwrap();
     let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let partition = format!("test-{}", Uuid::new_v4().simple());
@@ -548,6 +573,12 @@ async fn a_node_that_turns_not_ready_loses_its_running_attempts_within_a_second(
 
     let nodes = Api::<Node>::all(emu.client());
     let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    // NotReady for a moment, shorter than the grace period: nothing is lost.
+    nodes.patch_status("node-1", &PatchParams::default(), &Patch::Merge(not_ready.clone())).await.unwrap();
+    nodes.patch_status("node-1", &PatchParams::default(), &Patch::Merge(ready)).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(1), events.recv()).await.is_err(), "a blip loses nothing");
+    wait_for(Some(true), "back to schedulable").await;
     nodes.patch_status("node-1", &PatchParams::default(), &Patch::Merge(not_ready)).await.unwrap();
     let took = wait_for(Some(false), "the NotReady node is unschedulable in the ledger").await;
     assert!(took < Duration::from_secs(1), "the ledger followed in {took:?}");
@@ -581,7 +612,7 @@ async fn the_permissions_are_exactly_the_verbs_the_code_uses() {
     let mut config = kube::Config::new(emu.url.parse().unwrap());
     config.headers.push((http::HeaderName::from_static("x-shim-audit"), http::HeaderValue::from_static("yes")));
     let audited = kube::Client::try_from(config).unwrap();
-    let cluster = KubeCluster::new(audited).with_image_pull_grace(Duration::ZERO);
+    let cluster = KubeCluster::new(audited).with_image_pull_grace(Duration::ZERO).with_node_lost_grace(Duration::ZERO);
     let mut events = cluster.take_events().unwrap();
     let changes = cluster.node_changes().expect("the Kubernetes cluster watches its nodes");
     cluster.list_nodes().await.unwrap();

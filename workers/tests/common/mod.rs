@@ -177,10 +177,20 @@ async fn run_pod(client: kube::Client, job: Job) {
                 return; // deleted: the container is gone with it
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                let failed = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
-                    "message": "Job was active longer than specified deadline", "lastTransitionTime": now()}]});
+                // As the Job controller does it (Kubernetes 1.31 and later): FailureTarget,
+                // then the container killed (the kubelet says "Error", 143), then Failed.
+                let condition = |kind: &str| {
+                    json!({"type": kind, "status": "True", "reason": "DeadlineExceeded",
+                           "message": "Job was active longer than specified deadline", "lastTransitionTime": now()})
+                };
+                let target = json!({"conditions": [condition("FailureTarget")]});
+                let _ = jobs.patch_status(&name, &PatchParams::default(), &patch(target)).await;
+                let killed = json!({"terminated": {"exitCode": 143, "reason": "Error", "finishedAt": now()}});
+                let done = json!({"phase": "Failed", "containerStatuses": container_status(killed)});
+                let _ = pods.patch_status(&pod_name, &PatchParams::default(), &patch(done)).await;
+                write_log(&client, &namespace, &pod_name, "", true).await;
+                let failed = json!({"conditions": [condition("FailureTarget"), condition("Failed")]});
                 let _ = jobs.patch_status(&name, &PatchParams::default(), &patch(failed)).await;
-                let _ = pods.delete(&pod_name, &Default::default()).await;
                 return;
             }
             let left = until.saturating_duration_since(tokio::time::Instant::now());
