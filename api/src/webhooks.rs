@@ -75,7 +75,10 @@ pub struct CreateWebhook {
 }
 
 /// Checks a hook's target: what a notifier can call, and nothing it would leak in a list.
-pub fn check_url(raw: &str) -> Result<(), String> {
+/// Unless `allow_private` (`webhooks.allow_private_networks`), a literal address that is not
+/// public, and `localhost`, are refused here; names are checked again at every call, after
+/// they are resolved.
+pub fn check_url(raw: &str, allow_private: bool) -> Result<(), String> {
     if raw.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
@@ -98,6 +101,23 @@ pub fn check_url(raw: &str) -> Result<(), String> {
     }
     if u.fragment().is_some() {
         return Err("must not have a fragment (#...): it is never sent".into());
+    }
+    if !allow_private {
+        let private = match u.host() {
+            Some(url::Host::Ipv4(ip)) => !berth_core::validate::is_public_ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => !berth_core::validate::is_public_ip(ip.into()),
+            Some(url::Host::Domain(d)) => {
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                d == "localhost" || d.ends_with(".localhost")
+            }
+            None => false,
+        };
+        if private {
+            return Err(
+                "must be a public address: loopback, private and link-local ones are refused (webhooks.allow_private_networks)"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }
@@ -140,7 +160,7 @@ async fn create(
     ValidJson(req): ValidJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut errs = Vec::new();
-    if let Err(e) = check_url(&req.url) {
+    if let Err(e) = check_url(&req.url, s.config.webhooks.allow_private_networks) {
         errs.push(FieldError::new("url", e));
     }
     let events = match req.events.as_deref().map(check_events).transpose() {
@@ -328,8 +348,20 @@ mod tests {
 
     #[test]
     fn urls_must_be_http_with_a_host_and_no_credentials() {
-        assert!(check_url("https://hooks.example.com/berth?x=1").is_ok());
-        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(check_url("https://hooks.example.com/berth?x=1", false).is_ok());
+        assert!(check_url("http://127.0.0.1:8080/hook", true).is_ok(), "private networks allowed");
+        for internal in [
+            "http://127.0.0.1:8080/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.7/",
+            "http://[::1]/",
+            "http://[::ffff:192.168.0.1]/",
+            "http://localhost:9000/",
+            "http://api.localhost./",
+        ] {
+            let e = check_url(internal, false).unwrap_err();
+            assert!(e.contains("public address"), "{internal}: {e}");
+        }
         for (bad, why) in [
             ("ftp://example.com/", "scheme"),
             ("hooks.example.com/berth", "not a URL"),
@@ -340,10 +372,10 @@ mod tests {
             ("https://example.com/a\u{0}b", "control"),
             (" https://example.com/", "spaces"),
         ] {
-            let e = check_url(bad).unwrap_err();
+            let e = check_url(bad, false).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        assert!(check_url(&format!("https://example.com/{}", "a".repeat(MAX_URL_LEN))).is_err());
+        assert!(check_url(&format!("https://example.com/{}", "a".repeat(MAX_URL_LEN)), false).is_err());
     }
 
     #[test]

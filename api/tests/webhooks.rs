@@ -51,7 +51,11 @@ async fn an_admin_registers_lists_and_deletes_hooks_and_sees_the_secret_once(poo
         .unwrap();
     assert_eq!(stored, secret, "the notifier signs with the secret the caller got");
 
+    // An internal address is refused by default (webhooks.allow_private_networks)...
     let (s, v) = create(&a, &ada, json!({"url": "http://10.0.0.7:8080/all"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["details"].as_str().unwrap().starts_with("url: must be a public address"), "{v}");
+    let (s, v) = create(&a, &ada, json!({"url": "http://hooks.example.net:8080/all"})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["data"]["events"], Value::Null, "every event");
     assert_ne!(v["data"]["secret"], secret, "each hook has its own secret");

@@ -528,6 +528,11 @@ pub struct WebhooksConfig {
     /// 7 days: finished deliveries (delivered or failed) are deleted after this.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// false: hooks may only reach public addresses. Loopback, private, link-local (cloud
+    /// metadata) and shared addresses are refused at registration when given literally, and
+    /// at every call after name resolution, so a tenant cannot reach the cluster's internal
+    /// services through berth. true for hooks inside your own network.
+    pub allow_private_networks: bool,
 }
 
 impl Default for WebhooksConfig {
@@ -542,6 +547,7 @@ impl Default for WebhooksConfig {
             max_backlog: 4000,
             max_per_tenant: 20,
             retention: Duration::from_secs(7 * 24 * 3600),
+            allow_private_networks: false,
         }
     }
 }

@@ -962,11 +962,18 @@ impl Queue {
     /// It starts at the stream's end: events from before the first notifier ever ran are
     /// not delivered (there were no deliveries promised for them).
     pub async fn ensure_event_group(&self) -> Result<(), QueueError> {
+        self.ensure_event_group_at("$").await
+    }
+
+    /// [`Queue::ensure_event_group`], the group (if new) starting after stream id `start`:
+    /// `"0"` re-creates a group Redis lost with its data, so that the events published since
+    /// (into a stream that `XADD` made anew) are read too.
+    pub async fn ensure_event_group_at(&self, start: &str) -> Result<(), QueueError> {
         let r: Result<String, _> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(self.keys.events())
             .arg(NOTIFIER_GROUP)
-            .arg("$")
+            .arg(start)
             .arg("MKSTREAM")
             .query_async(&mut self.conn.clone())
             .await;

@@ -68,6 +68,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -188,14 +189,74 @@ fn due_after(wait: Duration) -> u64 {
 }
 
 /// The HTTP client of webhook calls.
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+
+/// The system resolver, keeping only the addresses a hook may reach
+/// ([`berth_core::validate::is_public_ip`], unless `webhooks.allow_private_networks`). The
+/// check is made on the addresses the call connects to, so a name that resolves to a private
+/// address (or changes to one after registration) is refused too.
+#[derive(Clone)]
+pub struct GuardedResolver {
+    inner: GaiResolver,
+    allow_private: bool,
+}
+
+/// The error of a call refused by the address guard; recorded as is, and says nothing about
+/// what is at the address.
+pub const BLOCKED: &str =
+    "the hook's address is not public (loopback, private or link-local), and webhooks.allow_private_networks is false";
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolving = self.inner.call(name);
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                resolving.await?.filter(|a| allow_private || berth_core::validate::is_public_ip(a.ip())).collect();
+            if addrs.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, BLOCKED));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Whether a call failed because the address guard refused every address.
+fn blocked(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains(BLOCKED) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Whether a call to `uri` may go out: a literal address is judged here (the connector
+/// does not resolve it); a name is judged by [`GuardedResolver`].
+fn literal_allowed(uri: &http::Uri, allow_private: bool) -> bool {
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    allow_private || host.parse::<std::net::IpAddr>().ok().is_none_or(berth_core::validate::is_public_ip)
+}
 
 /// The HTTP client: HTTP/1.1, rustls on ring with the system's root certificates (none if
 /// the system has none: https hooks then fail their calls, http ones still work). It never
 /// follows redirects; the call's timeout is applied around each call.
 pub fn http_client(config: &WebhooksConfig) -> HttpClient {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        inner: GaiResolver::new(),
+        allow_private: config.allow_private_networks,
+    });
     http.enforce_http(false);
     http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(5))));
     let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
@@ -247,6 +308,9 @@ impl Deliverer {
             Ok(u) => u,
             Err(e) => return failed(format!("invalid URL: {e}")),
         };
+        if !literal_allowed(&uri, self.config.allow_private_networks) {
+            return failed(BLOCKED.into());
+        }
         let req = http::Request::post(uri)
             .header("content-type", "application/json")
             .header("user-agent", concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
@@ -261,6 +325,8 @@ impl Deliverer {
         };
         let resp = match self.client.request(req).await {
             Ok(r) => r,
+            // The guard's refusal alone, not the connector's wording around it.
+            Err(e) if blocked(&e) => return failed(BLOCKED.into()),
             Err(e) => return failed(format!("request failed: {e:#}")),
         };
         let code = resp.status().as_u16();
@@ -290,6 +356,10 @@ impl Deliverer {
     /// One job (module docs). `runs` is apalis's count of runs of this very job.
     async fn handle(&self, job: DeliveryJob, runs: usize) -> Result<(), BoxDynError> {
         if runs > self.config.max_attempts as usize {
+            // Recorded as failed (best effort: the database may be why it kept failing), so
+            // the delivery is not shown as still being tried.
+            let error = format!("gave up after {runs} runs of attempt {} that could not finish", job.attempt);
+            let _ = self.finish(job.delivery_id, "failed", None, &error).await;
             return Err(AbortError::new(format!("job of {job:?} ran {runs} times; giving up")).into());
         }
         let row: Option<(String, String, i32, String, String, String, bool)> = sqlx::query_as(
@@ -499,6 +569,11 @@ impl FanOut {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "webhook fan-out failed; retrying");
                 st.own_pending = true;
+                // Redis may have lost the group with its data (a flush, a failover without
+                // persistence): make it again, or every read would fail with NOGROUP.
+                if let Err(e) = self.queue.ensure_event_group_at("0").await {
+                    tracing::warn!(error = %e, "re-creating the notifiers' consumer group failed");
+                }
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -172,6 +172,8 @@ fn fast(max_attempts: u32) -> WebhooksConfig {
         backoff_cap: Duration::from_secs(2),
         timeout: Duration::from_secs(2),
         concurrency: 4,
+        // The test's listener is on 127.0.0.1.
+        allow_private_networks: true,
         ..WebhooksConfig::default()
     }
 }
@@ -304,4 +306,51 @@ async fn an_event_handled_twice_makes_one_delivery_and_one_job(pool: PgPool) {
     let (id2, event2) = f.publish(TaskStatus::Succeeded).await;
     assert_eq!(fanout.handle_event(&id2, &event2).await.unwrap(), 1);
     assert_eq!(fanout.backlog().await.unwrap(), 2);
+}
+
+/// With `allow_private_networks` off (the default), a hook on a loopback address, given
+/// literally or by a name that resolves to it, is never called: each attempt fails as
+/// blocked, and the failure says nothing about what listens there.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_hook_on_a_private_address_is_never_called_by_default(pool: PgPool) {
+    let f = fixture(pool).await;
+    let listener = Listener::default();
+    let base = listen(listener.clone()).await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let (literal, _) = f.hook(f.tenant, &format!("{base}/literal"), None).await;
+    let (named, _) = f.hook(f.tenant, &format!("http://localhost:{port}/named"), None).await;
+    let config = WebhooksConfig { allow_private_networks: false, ..fast(2) };
+    let (stop, handle) = f.notifier(config);
+    f.publish(TaskStatus::Failed).await;
+    for hook in [literal, named] {
+        f.wait_for(hook, "failed", Duration::from_secs(15)).await;
+        let (_, attempts, code, error) = f.delivery(hook).await.unwrap();
+        assert_eq!((attempts, code), (2, None));
+        assert_eq!(error.as_deref(), Some(webhooks::BLOCKED));
+    }
+    assert!(listener.calls("literal").is_empty() && listener.calls("named").is_empty(), "nothing reached it");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), handle).await.expect("the notifier stops").unwrap();
+}
+
+/// Redis loses its data (a flush, a failover without persistence): the next event still
+/// reaches the hook, because the notifier makes its consumer group again.
+#[sqlx::test(migrations = "../migrations")]
+async fn deliveries_go_on_after_redis_lost_the_event_stream(pool: PgPool) {
+    let f = fixture(pool).await;
+    let listener = Listener::default();
+    let base = listen(listener.clone()).await;
+    let (hook, _) = f.hook(f.tenant, &format!("{base}/ok"), None).await;
+    let (stop, handle) = f.notifier(fast(3));
+    f.publish(TaskStatus::Running).await;
+    f.wait_for(hook, "delivered", Duration::from_secs(10)).await;
+    let _: () = redis::cmd("DEL").arg(f.queue.keys().events()).query_async(&mut f.queue.connection()).await.unwrap();
+    f.publish(TaskStatus::Succeeded).await;
+    let start = Instant::now();
+    while listener.calls("ok").len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(15), "the event after the loss never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), handle).await.expect("the notifier stops").unwrap();
 }
