@@ -532,10 +532,17 @@ pub async fn jobs(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, sha
                     continue;
                 }
                 if let Some((reason, message, at)) = job_failure(&j) {
+                    // After the pod's own report, which carries its last log lines and the
+                    // same reason (it asks the Job): this one matters only if that never
+                    // comes (the pod was already gone).
                     let phase = JobPhase::Failed { exit_code: None, reason, message, at };
-                    if !send(&tx, JobEvent { task_id: key.0, attempt: key.1, phase }) {
-                        return;
-                    }
+                    let (tx, shared) = (tx.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(LOST_GRACE).await;
+                        if !lock(&shared).reported(&key) {
+                            send(&tx, JobEvent { task_id: key.0, attempt: key.1, phase });
+                        }
+                    });
                 } else if job_condition(&j, &["Failed"]).is_some() {
                     // Failed because its pod did: the pod's watcher reports that, unless the
                     // pod vanished unseen.
