@@ -1149,6 +1149,8 @@ async fn logs(
     let reader = s.queue.dedicated(FOLLOW_BLOCK).await?;
     let pool = s.pool.clone();
     let first = futures::stream::iter(lines.into_iter().map(|l| Ok::<_, std::convert::Infallible>(format!("{l}\n"))));
+    // The stream's end, whatever the task does (api.max_log_follow): the client reconnects.
+    let until = tokio::time::Instant::now() + s.config.api.max_log_follow;
     let rest = futures::stream::unfold((reader, last_id, ended), move |(reader, after, ended)| {
         let pool = pool.clone();
         let _permit = &permit;
@@ -1157,6 +1159,9 @@ async fn logs(
                 return None;
             }
             loop {
+                if tokio::time::Instant::now() >= until {
+                    return None;
+                }
                 match reader.follow_log(id, &after, FOLLOW_BLOCK).await {
                     // Quiet: still follow only while the task lives (its end marker may never come,
                     // if the task was deleted or Redis lost it).

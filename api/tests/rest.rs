@@ -628,6 +628,33 @@ async fn logs_tail_and_follow_until_the_task_ends(pool: PgPool) {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// A follow of a task that goes on ends after api.max_log_follow, its slot given back.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_log_follow_ends_after_its_longest_time(pool: PgPool) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let a = api_with(pool, |c| {
+        c.api.max_log_follow = std::time::Duration::from_secs(1);
+        c.api.max_log_followers = 1;
+    })
+    .await;
+    let alice = token(&a, "alice", "alice-pw").await;
+    let (_, v) = a.submit(&alice, task("forever")).await;
+    let id: Uuid = v["data"]["id"].as_str().unwrap().parse().unwrap();
+    a.queue.append_log(id, 0, 0, &["only line".to_string()]).await.unwrap();
+    let req = axum::http::Request::get(format!("/v1/tasks/{id}/logs?follow=true"))
+        .header("authorization", format!("Bearer {alice}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = a.router.clone().oneshot(req).await.unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the follow ends though the task is still pending");
+    assert_eq!(String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap(), "only line\n");
+    let (s, _) = a.call("GET", &format!("/v1/tasks/{id}/logs?follow=true"), Some(&alice), None).await;
+    assert_ne!(s, StatusCode::SERVICE_UNAVAILABLE, "its follower slot is free again");
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn a_demotion_or_suspension_takes_effect_on_tokens_already_issued(pool: PgPool) {
     let a = api(pool).await;

@@ -148,6 +148,11 @@ pub struct ApiConfig {
     /// 256: log followers (`logs?follow=true`) open at once per API process. Each holds a
     /// Redis connection of its own, so without a bound a client could exhaust Redis's.
     pub max_log_followers: usize,
+    /// 1h: the longest one `logs?follow=true` stream lasts; it then ends (without the task's
+    /// end) and the client reconnects to go on. A follower of a task that waits or runs for
+    /// days does not hold its slot and Redis connection for as long.
+    #[serde(with = "humantime_serde")]
+    pub max_log_follow: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -156,6 +161,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 2 << 20,
             max_log_followers: 256,
+            max_log_follow: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -954,6 +960,9 @@ impl Config {
         }
         if self.api.body_limit_bytes < 1024 {
             bad("api.body_limit_bytes".into(), "must be at least 1024".into());
+        }
+        if self.api.max_log_follow.is_zero() {
+            bad("api.max_log_follow".into(), "must be longer than 0s".into());
         }
         if self.api.max_log_followers == 0 {
             bad("api.max_log_followers".into(), "must be at least 1".into());

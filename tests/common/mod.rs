@@ -72,6 +72,9 @@ impl Deployment {
             .env("BERTH_EXECUTOR__RETRY__CAP", "400ms")
             .env("BERTH_SCHEDULER__UNSCHEDULABLE_MAX_WAIT", "2s")
             .env("BERTH_CLUSTER__START_DELAY", "20ms")
+            // A log follow of a task that never ends ends anyway, well within a client's
+            // timeout (the fuzzer's is 20 s).
+            .env("BERTH_API__MAX_LOG_FOLLOW", "5s")
             .env("RUST_LOG", "info");
         c
     }
