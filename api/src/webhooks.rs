@@ -21,6 +21,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{Query, QueryCheck, ValidJson, path_id};
+use crate::tasks::PageParams;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -212,18 +213,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!({ "data": created, "message": "Webhook created successfully" }))))
 }
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    #[param(value_type = Option<i64>, minimum = 1)]
-    pub page: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
-    pub page_size: Option<String>,
-}
-
-#[utoipa::path(get, path = "/v1/webhooks", tag = "Webhooks", summary = "List the tenant's webhooks (without secrets)", params(ListParams),
+#[utoipa::path(get, path = "/v1/webhooks", tag = "Webhooks", summary = "List the tenant's webhooks (without secrets)", params(PageParams),
     responses((status = 200, description = "A page of webhooks, oldest first", body = crate::openapi::WebhookList)))]
-async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
+async fn list(State(s): State<AppState>, caller: Caller, Query(p): Query<PageParams>) -> Result<Json<Value>, ApiError> {
     let mut q = QueryCheck::default();
     let page = q.page(p.page.as_deref(), p.page_size.as_deref());
     q.finish()?;

@@ -861,11 +861,17 @@ impl Queue {
 
     /// Creates the executors' consumer group if it does not exist yet.
     pub async fn ensure_binding_group(&self) -> Result<(), QueueError> {
+        self.ensure_group(&self.keys.bindings(), EXECUTOR_GROUP, "0").await
+    }
+
+    /// Creates consumer group `group` of stream `key` (and the stream), reading after
+    /// `start`, unless it exists.
+    async fn ensure_group(&self, key: &str, group: &str, start: &str) -> Result<(), QueueError> {
         let r: Result<String, _> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(self.keys.bindings())
-            .arg(EXECUTOR_GROUP)
-            .arg("0")
+            .arg(key)
+            .arg(group)
+            .arg(start)
             .arg("MKSTREAM")
             .query_async(&mut self.conn.clone())
             .await;
@@ -969,19 +975,7 @@ impl Queue {
     /// `"0"` re-creates a group Redis lost with its data, so that the events published since
     /// (into a stream that `XADD` made anew) are read too.
     pub async fn ensure_event_group_at(&self, start: &str) -> Result<(), QueueError> {
-        let r: Result<String, _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.keys.events())
-            .arg(NOTIFIER_GROUP)
-            .arg(start)
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn.clone())
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.ensure_group(&self.keys.events(), NOTIFIER_GROUP, start).await
     }
 
     /// Events for notifier `consumer`: with `from` = `">"` new ones, waiting up to `block`

@@ -393,6 +393,30 @@ async fn next_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<berth_work
     tokio::time::timeout(Duration::from_secs(secs), events.recv()).await.expect("an event in time").unwrap()
 }
 
+/// Creates `req`'s pod `name` as the Job controller would, reports it Running as the kubelet
+/// would, and takes the Running event.
+async fn start_pod(
+    pods: &Api<Pod>,
+    req: &JobRequest,
+    name: &str,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
+) {
+    pods.create(&PostParams::default(), &pod_of(req, name)).await.unwrap();
+    let running = Patch::Merge(json!({"status": {"phase": "Running"}}));
+    pods.patch_status(name, &PatchParams::default(), &running).await.unwrap();
+    assert!(matches!(next_event(events, 10).await.phase, JobPhase::Running { .. }));
+}
+
+/// Waits until `req`'s Job is deleted; fails with `what` after 5 s.
+async fn job_goes(emu: &Emulator, req: &JobRequest, what: &str) {
+    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while jobs.get_opt(&req.name).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The pod the Job controller would make for `req`'s Job, on `node`.
 fn pod_of(req: &JobRequest, name: &str) -> Pod {
     let template = berth_workers::job::build(req).spec.unwrap().template;
@@ -436,12 +460,7 @@ async fn an_image_that_cannot_be_pulled_fails_its_attempt_after_the_grace_period
         other => panic!("{other:?}"),
     }
     // Its pod would wait for the image for ever: the Job goes.
-    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while jobs.get_opt(&req.name).await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "the Job of an image never pulled is still there");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    job_goes(&emu, &req, "the Job of an image never pulled is still there").await;
     // The pod's deletion that follows is not a second failure.
     assert!(tokio::time::timeout(berth_workers::k8s::LOST_GRACE * 2, events.recv()).await.is_err());
 
@@ -485,11 +504,7 @@ async fn a_job_past_its_deadline_fails_as_deadline_exceeded() {
     let req = request(0);
     cluster.create_job(&req).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
-    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
-    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
-        .await
-        .unwrap();
-    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    start_pod(&pods, &req, "p", &mut events).await;
     // The pod first, then the condition: the worse order for the executor.
     pods.delete("p", &Default::default()).await.unwrap();
     let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
@@ -508,11 +523,7 @@ async fn a_job_past_its_deadline_fails_as_deadline_exceeded() {
     // pod's failure is reported with the Job's reason.
     let req = request(1);
     cluster.create_job(&req).await.unwrap();
-    pods.create(&PostParams::default(), &pod_of(&req, "p1")).await.unwrap();
-    pods.patch_status("p1", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
-        .await
-        .unwrap();
-    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    start_pod(&pods, &req, "p1", &mut events).await;
     let target = json!({"status": {"conditions": [{"type": "FailureTarget", "status": "True",
         "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}});
     jobs.patch_status(&req.name, &PatchParams::default(), &Patch::Merge(target)).await.unwrap();
@@ -565,11 +576,7 @@ async fn a_node_that_turns_not_ready_loses_its_running_attempts_within_a_second(
     let req = request(0);
     cluster.create_job(&req).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
-    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
-    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
-        .await
-        .unwrap();
-    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    start_pod(&pods, &req, "p", &mut events).await;
 
     let nodes = Api::<Node>::all(emu.client());
     let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
@@ -592,12 +599,7 @@ async fn a_node_that_turns_not_ready_loses_its_running_attempts_within_a_second(
         }
         other => panic!("{other:?}"),
     }
-    let jobs: Api<Job> = Api::namespaced(emu.client(), &req.namespace);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while jobs.get_opt(&req.name).await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "the lost attempt's Job is still there");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    job_goes(&emu, &req, "the lost attempt's Job is still there").await;
     stop_tx.send(true).unwrap();
     publisher.await.unwrap();
     berth_queue::Queue::purge_blocking(&url, &partition);
@@ -640,11 +642,7 @@ async fn the_permissions_are_exactly_the_verbs_the_code_uses() {
     let req = request(0);
     cluster.create_job(&req).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(emu.client(), &req.namespace);
-    pods.create(&PostParams::default(), &pod_of(&req, "p")).await.unwrap();
-    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
-        .await
-        .unwrap();
-    assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Running { .. }));
+    start_pod(&pods, &req, "p", &mut events).await;
     common::write_log(&emu.client(), &req.namespace, "p", "hi\n", false).await;
     assert!(matches!(next_event(&mut events, 10).await.phase, JobPhase::Output { .. }));
     pods.delete("p", &Default::default()).await.unwrap();
