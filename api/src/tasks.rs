@@ -872,7 +872,7 @@ async fn cancel(s: &AppState, caller: &Caller, id: Uuid) -> Result<bool, ApiErro
     let Some((attempt,)) = moved else { return Ok(false) };
     let attempt = attempt.unwrap_or(0).max(0);
     sqlx::query(
-        "update task_executions set status = 'cancelled', finished_at = now()
+        "update task_executions set status = 'cancelled', finished_at = now(), failure_class = 'cancelled'
          where task_id = $1 and attempt = $2 and status in ('scheduled', 'running')",
     )
     .bind(id)
@@ -1048,6 +1048,10 @@ pub struct Execution {
     pub error_message: Option<String>,
     pub logs_path: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
+    /// Why the attempt ended, when it did not succeed: `exit_code`, `oom_killed`,
+    /// `deadline_exceeded`, `evicted`, `image_pull`, `node_lost`, `infrastructure`, or
+    /// `cancelled` (stopped by a user; never retried).
+    pub failure_class: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/tasks/{id}/executions", tag = "Tasks", summary = "A task's attempts", params(("id" = uuid::Uuid, Path, description = "The object's id")),
@@ -1065,7 +1069,8 @@ async fn executions(
         .await?;
     found.ok_or_else(|| ApiError::NotFound("Task not found".into()))?;
     let rows: Vec<Execution> = sqlx::query_as(
-        "select id, execution_id, attempt, status, node_name, started_at, finished_at, exit_code, error_message, logs_path, created_at
+        "select id, execution_id, attempt, status, node_name, started_at, finished_at, exit_code, error_message, logs_path,
+                created_at, failure_class
          from task_executions where task_id = $1 order by attempt",
     )
     .bind(id)

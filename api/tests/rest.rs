@@ -237,6 +237,15 @@ async fn stop_cancels_once_and_only_the_owner_or_an_admin_may(pool: PgPool) {
         (token(&a, "alice", "alice-pw").await, token(&a, "bob", "bob-pw").await, token(&a, "ada", "ada-pw").await);
     let (_, v) = a.submit(&alice, task("mine")).await;
     let id = v["data"]["id"].as_str().unwrap().to_owned();
+    // As if an executor had started its first attempt.
+    sqlx::query(
+        "insert into task_executions (task_id, execution_id, status, node_name, attempt)
+         values ($1, 'task-x-0', 'running', 'sim-1', 0)",
+    )
+    .bind(Uuid::parse_str(&id).unwrap())
+    .execute(&a.pool)
+    .await
+    .unwrap();
     let (s, _) = a.call("POST", &format!("/v1/tasks/{id}/stop"), Some(&bob), None).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "another user's task");
     let gina = token(&a, "gina", "gina-pw").await;
@@ -251,7 +260,11 @@ async fn stop_cancels_once_and_only_the_owner_or_an_admin_may(pool: PgPool) {
     assert!(v["data"]["completed_at"].is_string());
     assert_eq!(a.queue.task_state(id.parse().unwrap()).await.unwrap(), None, "withdrawn from the queue");
     let (s, v) = a.call("GET", &format!("/v1/tasks/{id}/executions"), Some(&alice), None).await;
-    assert_eq!((s, v["data"].clone()), (StatusCode::OK, json!([])));
+    assert_eq!(s, StatusCode::OK);
+    let runs = v["data"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{v}");
+    assert_eq!((runs[0]["status"].clone(), runs[0]["failure_class"].clone()), (json!("cancelled"), json!("cancelled")));
+    assert!(runs[0]["finished_at"].is_string());
     // Delete cancels a live task first, then removes it.
     let (_, v) = a.submit(&alice, task("doomed")).await;
     let doomed = v["data"]["id"].as_str().unwrap().to_owned();
