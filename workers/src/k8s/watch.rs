@@ -173,6 +173,24 @@ pub async fn pods(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, pul
     }
 }
 
+/// What [`Pods::gone`] needs of a live pod (its name, namespace, labels and phase), kept
+/// for every live task pod instead of the whole object.
+fn skeleton(pod: &Pod) -> Pod {
+    Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            labels: pod.metadata.labels.clone(),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
+            ..Default::default()
+        }),
+    }
+}
+
 /// The waiting reason and message of a pod's task container that cannot pull its image.
 /// Its init container's too (the workspace initialiser's image may be missing as well).
 fn pull_failure(pod: &Pod) -> Option<(String, String)> {
@@ -196,7 +214,7 @@ impl Pods {
             return;
         }
         self.set(key, AttemptState::Live);
-        self.live.insert(key, pod.clone());
+        self.live.insert(key, skeleton(pod));
         match pull_failure(pod) {
             Some((reason, message)) => {
                 let namespace = pod.metadata.namespace.clone().unwrap_or_default();
@@ -287,6 +305,8 @@ impl Pods {
     /// (a relist has no Delete for it), and is lost like a deleted one.
     fn relist_done(&mut self) {
         let Some(listed) = self.relisted.take() else { return };
+        // Ended pods that went unseen need no report, only forgetting.
+        self.ended.retain(|k| listed.contains(k));
         let vanished: Vec<Pod> =
             self.live.iter().filter(|(k, _)| !listed.contains(k)).map(|(_, p)| p.clone()).collect();
         for pod in vanished {
