@@ -96,19 +96,8 @@ impl Suite {
             Backend::Real(_) => format!("berth-test-{}", &Uuid::new_v4().simple().to_string()[..8]),
             _ => "acme".to_string(),
         };
-        let (tenant,): (Uuid,) =
-            sqlx::query_as("insert into tenants (name, display_name) values ($1, 'Test') returning id")
-                .bind(&tenant_name)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        let (user,): (Uuid,) = sqlx::query_as(
-            "insert into users (tenant_id, username, email, password_hash) values ($1, 'alice', 'a@x', 'x') returning id",
-        )
-        .bind(tenant)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let tenant = common::tenant(&pool, &tenant_name).await;
+        let user = common::user(&pool, tenant).await;
         let (stop, stop_rx) = watch::channel(false);
         let mut suite =
             Suite { pool, queue, backend, tenant, tenant_name, user, stop, workers: Vec::new(), executor: None };

@@ -14,6 +14,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod common;
+
 fn redis_url() -> String {
     std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -41,18 +43,8 @@ async fn fixture(pool: PgPool) -> Fixture {
         Arc::new(SimCluster::new(&ClusterConfig { start_delay: Duration::from_millis(5), ..ClusterConfig::default() }));
     berth_workers::nodes::publish_once(sim.as_ref(), &queue).await.unwrap();
     queue.ensure_binding_group().await.unwrap();
-    let (tenant,): (Uuid,) =
-        sqlx::query_as("insert into tenants (name, display_name) values ('acme', 'Acme') returning id")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let (user,): (Uuid,) = sqlx::query_as(
-        "insert into users (tenant_id, username, email, password_hash) values ($1, 'alice', 'a@x', 'x') returning id",
-    )
-    .bind(tenant)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let tenant = common::tenant(&pool, "acme").await;
+    let user = common::user(&pool, tenant).await;
     let config = ExecutorConfig {
         retry: RetryConfig { base: Duration::from_millis(50), cap: Duration::from_millis(50), jitter: 0.0 },
         ..ExecutorConfig::default()

@@ -269,11 +269,7 @@ async fn a_binding_makes_the_tenant_namespace_and_the_job(pool: sqlx::PgPool) {
     let url = std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let partition = format!("test-{}", Uuid::new_v4().simple());
     let queue = berth_queue::Queue::connect(&url, &partition).await.expect("Redis (make services)");
-    let (tenant,): (Uuid,) =
-        sqlx::query_as("insert into tenants (name, display_name) values ('acme', 'Acme') returning id")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let tenant = common::tenant(&pool, "acme").await;
     sqlx::query(
         "insert into resource_quotas (tenant_id, resource_type, hard_limit, used_amount)
          values ($1, 'cpu', 16000, 0), ($1, 'memory', 9223372036854775807, 0)",
@@ -282,13 +278,7 @@ async fn a_binding_makes_the_tenant_namespace_and_the_job(pool: sqlx::PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let (user,): (Uuid,) = sqlx::query_as(
-        "insert into users (tenant_id, username, email, password_hash) values ($1, 'alice', 'a@x', 'x') returning id",
-    )
-    .bind(tenant)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let user = common::user(&pool, tenant).await;
     let (volume,): (Uuid,) = sqlx::query_as(
         "insert into volumes (tenant_id, user_id, name, size, pvc_name) values ($1, $2, 'data', '1Gi', 'data-claim')
          returning id",
@@ -700,11 +690,7 @@ async fn a_tenant_change_reaches_its_namespace_and_quota(pool: sqlx::PgPool) {
     ));
     tokio::time::sleep(Duration::from_millis(500)).await; // it follows tenant changes
     // What the API's tenant creation does: PostgreSQL, then the notice.
-    let (tenant,): (Uuid,) =
-        sqlx::query_as("insert into tenants (name, display_name) values ('acme', 'Acme') returning id")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let tenant = common::tenant(&pool, "acme").await;
     sqlx::query(
         "insert into resource_quotas (tenant_id, resource_type, hard_limit, used_amount) values ($1, 'cpu', 16000, 0)",
     )

@@ -21,6 +21,8 @@ use sha2::Sha256;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod common;
+
 fn redis_url() -> String {
     std::env::var("BERTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -85,12 +87,7 @@ async fn fixture(pool: PgPool) -> Fixture {
         .expect("Redis (make services)");
     let mut ids = Vec::new();
     for name in ["acme", "globex"] {
-        let (id,): (Uuid,) = sqlx::query_as("insert into tenants (name, display_name) values ($1, $1) returning id")
-            .bind(name)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        ids.push(id);
+        ids.push(common::tenant(&pool, name).await);
     }
     // The group exists before the first event, as it does once a notifier has ever run.
     queue.ensure_event_group().await.unwrap();

@@ -475,15 +475,9 @@ fn job_key(job: &Job) -> Option<Key> {
 
 /// Reports a vanished pod's or Job's attempt as lost after [`LOST_GRACE`], unless its Job
 /// says it failed for a reason of its own (then that reason).
-async fn lost(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, namespace: String, mut event: JobEvent) {
+async fn lost(client: kube::Client, tx: mpsc::UnboundedSender<JobEvent>, namespace: String, event: JobEvent) {
     tokio::time::sleep(LOST_GRACE).await;
-    let jobs: Api<Job> = Api::namespaced(client, &namespace);
-    if let Ok(Some(job)) = jobs.get_opt(&JobRequest::job_name(event.task_id, event.attempt)).await
-        && let Some((reason, message, at)) = job_failure(&job)
-    {
-        event.phase = JobPhase::Failed { exit_code: None, reason, message, at };
-    }
-    send(&tx, event);
+    send(&tx, with_job_reason(&client, &namespace, event).await);
 }
 
 fn lost_event(key: Key, message: &str) -> JobEvent {

@@ -68,6 +68,28 @@ impl Drop for Emulator {
     }
 }
 
+/// A tenant named `name` in PostgreSQL.
+pub async fn tenant(pool: &sqlx::PgPool, name: &str) -> uuid::Uuid {
+    let (id,): (uuid::Uuid,) = sqlx::query_as("insert into tenants (name, display_name) values ($1, $1) returning id")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    id
+}
+
+/// User `alice` of `tenant` in PostgreSQL.
+pub async fn user(pool: &sqlx::PgPool, tenant: uuid::Uuid) -> uuid::Uuid {
+    let (id,): (uuid::Uuid,) = sqlx::query_as(
+        "insert into users (tenant_id, username, email, password_hash) values ($1, 'alice', 'a@x', 'x') returning id",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    id
+}
+
 /// Appends to a pod's log on the emulator (the shim's control endpoint); `close` ends it.
 pub async fn write_log(client: &kube::Client, namespace: &str, pod: &str, text: &str, close: bool) {
     let path = format!("/_shim/pods/{namespace}/{pod}/log{}", if close { "?close=true" } else { "" });
